@@ -1,0 +1,222 @@
+"""`SpeculativeGenerator`: prompts in, text and stats out, over a target and an optional draft."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .engine import DecodeLoop
+from .models import as_model, check_pair
+from .results import GenerationResult, GenerationStats
+from .sampling import SamplingParams
+from .text import TextStream
+
+Prompt = str | Sequence[int] | Sequence[dict[str, str]]
+
+
+class GenerationStream:
+    """Iterator over text pieces (or token-id lists) as they are accepted.
+
+    After it is exhausted (or closed), `result` holds the full `GenerationResult`, with the same stats
+    `generate` returns.
+    """
+
+    def __init__(self, pieces: Iterator[Any]) -> None:
+        self._pieces = pieces
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()  # type: ignore[attr-defined]
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self.result.stats if self.result else None
+
+
+class SpeculativeGenerator:
+    """Exact speculative decoding of `target` with `draft` (None: plain autoregressive decoding).
+
+    Both are `CausalLM`s (see `specdecode.protocol`) or transformers models, which get wrapped.
+    The output distribution is the target's alone for any draft and any sampling settings.
+    """
+
+    def __init__(self, target: Any, draft: Any | None = None) -> None:
+        self.target = as_model(target, role="target")
+        self.draft = as_model(draft, role="draft") if draft is not None else None
+        if self.draft is not None and self.draft is self.target:
+            raise ValueError(
+                "draft and target are the same adapter object, but each needs its own KV cache: "
+                "wrap the model twice (sd.wrap(model), sd.wrap(model)) to draft with the target itself"
+            )
+        if self.draft is not None:
+            check_pair(self.target, self.draft)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.target, "tokenizer", None)
+
+    def generate(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
+        """Generate a completion; keyword arguments as `stream`."""
+        stream = self.stream(prompt, **kwargs)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        gamma: int = 4,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        chat: bool = False,
+        generator: torch.Generator | None = None,
+        tokens: bool = False,
+    ) -> GenerationStream:
+        """Stream a completion as text pieces (`tokens=True`: lists of token ids).
+
+        prompt: a string (tokenised by the target's tokenizer; `chat=True` applies its chat template and
+        also accepts a list of {"role", "content"} messages) or a list of token ids.
+        temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable those filters. gamma is the number
+        of draft tokens per target call. seed (or a torch.Generator) makes sampling reproducible.
+        stop: strings that end generation (not included in the text). max_new_tokens is never exceeded.
+        """
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+            raise ValueError(f"gamma must be an integer >= 1 (draft tokens per target call), got {gamma!r}")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if stops and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer: load the target with one, or pass stop=None")
+        prompt_ids = self._encode(prompt, chat)
+        if generator is None:
+            generator = torch.Generator(device=getattr(self.target, "device", "cpu"))
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        sequence = self._begin(prompt_ids)
+        limit = getattr(self.target, "max_length", None)
+        if limit is not None:
+            if len(sequence) >= limit:
+                raise ValueError(
+                    f"prompt is {len(prompt_ids)} tokens but the target's context window is {limit}: "
+                    "shorten the prompt"
+                )
+            max_new_tokens = min(max_new_tokens, limit - len(sequence))
+        eos = set(getattr(self.target, "eos_token_ids", set()) or set())
+        loop = DecodeLoop(self.target, self.draft, params, gamma, generator, eos)
+        loop.stats.prompt_tokens = len(prompt_ids)
+        stream = GenerationStream(iter(()))
+        stream._pieces = self._pieces(loop, sequence, max_new_tokens, stops, tokens, stream)
+        return stream
+
+    def _pieces(
+        self,
+        loop: DecodeLoop,
+        sequence: list[int],
+        max_new_tokens: int,
+        stops: list[str],
+        tokens: bool,
+        stream: GenerationStream,
+    ) -> Iterator[Any]:
+        text = TextStream(self.tokenizer, stops)
+        chunks = loop.run(sequence, max_new_tokens)
+        try:
+            for chunk in chunks:
+                before = len(text.token_ids)
+                piece = text.add(chunk)
+                if tokens:
+                    if len(text.token_ids) > before:
+                        yield text.token_ids[before:]
+                elif piece:
+                    yield piece
+                if text.stopped:
+                    loop.stats.finish_reason = "stop"
+                    break
+            tail = text.finish()
+            if tail and not tokens:
+                yield tail
+        finally:
+            chunks.close()
+            loop.stats.new_tokens = len(text.token_ids)
+            stream.result = GenerationResult(text.token_ids, text.text, loop.stats)
+
+    def _encode(self, prompt: Prompt, chat: bool) -> list[int]:
+        tok = self.tokenizer
+        if isinstance(prompt, str) or (chat and _is_messages(prompt)):
+            if isinstance(prompt, str) and not prompt:
+                raise ValueError("prompt is empty: pass some text or token ids")
+            if tok is None:
+                raise ValueError(
+                    "a text prompt needs a tokenizer: pass token ids, or wrap the model with its tokenizer"
+                )
+            if chat:
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+                if not getattr(tok, "chat_template", None):
+                    raise ValueError("chat=True but the target's tokenizer has no chat template")
+                rendered = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+                ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            else:
+                ids = tok(prompt)["input_ids"]
+        else:
+            ids = _token_list(prompt)
+            if chat:
+                raise ValueError("chat=True needs a text prompt or a list of messages, not token ids")
+        if not ids:
+            raise ValueError("prompt is empty after tokenisation: pass some text or token ids")
+        vocab = int(self.target.vocab_size)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the target's vocabulary [0, {vocab})")
+        return ids
+
+    def _begin(self, prompt_ids: list[int]) -> list[int]:
+        """Reset both caches and return the sequence they will be fed."""
+        sequences = []
+        for model in (self.target, self.draft):
+            if model is None:
+                continue
+            if hasattr(model, "begin"):
+                sequences.append(list(model.begin(prompt_ids)))
+            else:
+                model.reset()
+                sequences.append(list(prompt_ids))
+        if len(sequences) == 2 and sequences[0] != sequences[1]:
+            raise ValueError(
+                "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
+                "decoder-only draft, or different decoder start tokens): use a draft of the same kind"
+            )
+        return sequences[0]
+
+
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+
+
+def _token_list(prompt: Any) -> list[int]:
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.view(-1).tolist()
+    try:
+        ids = [int(t) for t in prompt]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
+        ) from None
+    if any(isinstance(t, bool) for t in prompt):
+        raise ValueError("prompt token ids must be integers, not booleans")
+    return ids

@@ -1,0 +1,145 @@
+"""Getting models: `load_model` (transformers id, local directory or .gguf file), `wrap`, pair checks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .hf import HFModel
+from .protocol import CausalLM
+
+
+def default_device() -> torch.device:
+    """cuda when available, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device computes it natively, else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(names)}")
+    return names[dtype]
+
+
+def wrap(model: Any, tokenizer: Any = None) -> HFModel:
+    """Expose an already-built transformers model (and optional tokenizer) as a `CausalLM`."""
+    if isinstance(model, HFModel):
+        if tokenizer is not None:
+            model.tokenizer = tokenizer
+        return model
+    if not (hasattr(model, "config") and hasattr(model, "get_output_embeddings")):
+        raise ValueError(
+            f"wrap() takes a transformers model, got {type(model).__name__}; objects that already "
+            "implement the CausalLM protocol can be passed to SpeculativeGenerator directly"
+        )
+    return HFModel(model, tokenizer)
+
+
+def as_model(obj: Any, role: str) -> Any:
+    """A `CausalLM` for `obj`: protocol objects as they are, transformers models wrapped."""
+    if isinstance(obj, CausalLM):
+        return obj
+    if hasattr(obj, "config") and hasattr(obj, "get_output_embeddings"):
+        return HFModel(obj)
+    raise ValueError(
+        f"{role} must implement the CausalLM protocol (vocab_size, length, forward, truncate, reset) "
+        f"or be a transformers model; got {type(obj).__name__}"
+    )
+
+
+def _vocab_fingerprint(tokenizer: Any) -> dict[str, int] | None:
+    try:
+        return dict(tokenizer.get_vocab())
+    except Exception:  # tokenizers without get_vocab cannot be compared
+        return None
+
+
+def check_pair(target: Any, draft: Any) -> None:
+    """Raise ValueError when draft and target cannot be used together (different tokenizers)."""
+    t_tok, d_tok = getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None)
+    if t_tok is not None and d_tok is not None and t_tok is not d_tok:
+        t_vocab, d_vocab = _vocab_fingerprint(t_tok), _vocab_fingerprint(d_tok)
+        if t_vocab is not None and d_vocab is not None and t_vocab != d_vocab:
+            raise ValueError(
+                f"target and draft use different tokenizers ({len(t_vocab)} vs {len(d_vocab)} tokens, "
+                f"e.g. {_first_difference(t_vocab, d_vocab)}): speculative decoding needs one shared "
+                "vocabulary; choose a draft from the target's model family"
+            )
+    t_enc = bool(getattr(target, "is_encoder_decoder", False))
+    d_enc = bool(getattr(draft, "is_encoder_decoder", False))
+    if t_enc != d_enc:
+        raise ValueError(
+            "target and draft must both be decoder-only or both be encoder-decoder models "
+            f"(target encoder-decoder={t_enc}, draft encoder-decoder={d_enc})"
+        )
+
+
+def _first_difference(a: dict[str, int], b: dict[str, int]) -> str:
+    for token, idx in a.items():
+        if b.get(token) != idx:
+            return f"{token!r} is id {idx} in the target and {b.get(token)} in the draft"
+    for token, idx in b.items():
+        if token not in a:
+            return f"{token!r} (id {idx}) exists only in the draft"
+    return "different tokenizer settings"
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> HFModel:
+    """Load a model with its tokenizer: a transformers id or local directory, or a .gguf file.
+
+    dtype defaults to bf16 where the CPU or GPU supports it, else float32; device to cuda if available.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError("load_model needs a model name, a local directory or a .gguf path")
+    dev = torch.device(device) if device is not None else default_device()
+    torch_dtype = _parse_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {}
+    source = name_or_path
+    if name_or_path.endswith(".gguf"):
+        if not os.path.isfile(name_or_path):
+            raise ValueError(f"GGUF file not found: {name_or_path}")
+        source, kwargs["gguf_file"] = os.path.split(os.path.abspath(name_or_path))
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"could not load model {name_or_path!r}: {exc}. Pass a transformers model id (with hub "
+            "access), a local directory with config.json and weights, or a path to a .gguf file"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError):
+        tokenizer = None
+    return HFModel(model.to(dev), tokenizer)

@@ -1,0 +1,32 @@
+"""The small model protocol the engine talks to; adapters for real frameworks implement it."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+    """A causal language model with an append-only KV cache that can be rolled back.
+
+    `forward` appends `input_ids` [1, T] after the `length` cached positions and returns float logits
+    [1, T, V] (V = `vocab_size`). `truncate(n)` drops cached positions >= n; `reset()` empties the cache.
+
+    Optional extras the engine uses when present:
+    - `tokenizer`: a transformers tokenizer (needed for string prompts, `text`, `stop` and `chat`).
+    - `eos_token_ids`: a set of ids that end generation.
+    - `begin(prompt_ids) -> list[int]`: start a new sequence from a prompt and return the tokens the
+      cache must be fed (encoder-decoder models encode the prompt and return the decoder start).
+    - `forward(input_ids, logits_to_keep=k)`: return only the last k positions' logits.
+    """
+
+    vocab_size: int
+    length: int
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def truncate(self, length: int) -> None: ...
+
+    def reset(self) -> None: ...

@@ -1,0 +1,64 @@
+"""What a generation returns: the new tokens, their text and the measurements of the run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerationStats:
+    """Counts and timings of one generation.
+
+    acceptance_rate is alpha estimated as the mean of sum(min(p, q)) over every verified draft
+    position. accepted_per_position[i] / drafted_per_position[i] is how often draft position i (0-based)
+    was accepted when it was proposed. target_tokens / draft_tokens count every position each model
+    processed, so prompt_tokens + new_tokens - 1 for the target means no prefix was ever recomputed.
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    target_calls: int = 0
+    draft_calls: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    acceptance_rate: float = 0.0
+    accepted_per_position: list[int] = field(default_factory=list)
+    drafted_per_position: list[int] = field(default_factory=list)
+    target_tokens: int = 0
+    draft_tokens: int = 0
+    mean_tokens_per_target_call: float = 0.0
+    wall_s: float = 0.0
+    target_s: float = 0.0
+    draft_s: float = 0.0
+    tokens_per_s: float = 0.0
+    finish_reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        line = (
+            f"{self.new_tokens} tokens in {self.wall_s:.2f}s ({self.tokens_per_s:.2f} tok/s), "
+            f"{self.target_calls} target calls, {self.mean_tokens_per_target_call:.2f} tokens/call"
+        )
+        if self.drafted:
+            line += (
+                f", acceptance {self.acceptance_rate:.3f} ({self.accepted}/{self.drafted} accepted), "
+                f"time target {self.target_s:.2f}s / draft {self.draft_s:.2f}s"
+            )
+        return line
+
+
+@dataclass
+class GenerationResult:
+    """The new tokens only (prompt excluded), their decoded text ("" without a tokenizer) and stats."""
+
+    token_ids: list[int]
+    text: str
+    stats: GenerationStats
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason
