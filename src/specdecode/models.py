@@ -112,12 +112,16 @@ def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quiet: bool = False,
 ) -> HFModel:
-    """Load a model with its tokenizer: a transformers id or local directory, or a .gguf file.
+    """Load a model with its tokenizer: a built-in name (see `specdecode.registry.BUILTINS`), a
+    transformers id or local directory, or a .gguf file.
 
     dtype defaults to bf16 where the CPU or GPU supports it, else float32; device to cuda if available.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .registry import BUILTINS, fetch
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError("load_model needs a model name, a local directory or a .gguf path")
@@ -125,7 +129,9 @@ def load_model(
     torch_dtype = _parse_dtype(dtype, dev)
     kwargs: dict[str, Any] = {}
     source = name_or_path
-    if name_or_path.endswith(".gguf"):
+    if name_or_path in BUILTINS:
+        source = str(fetch(BUILTINS[name_or_path], quiet=quiet))
+    elif name_or_path.endswith(".gguf"):
         if not os.path.isfile(name_or_path):
             raise ValueError(f"GGUF file not found: {name_or_path}")
         source, kwargs["gguf_file"] = os.path.split(os.path.abspath(name_or_path))

