@@ -16,21 +16,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def cpu_bf16_is_fast() -> bool:
+    """True when this CPU runs PyTorch's bf16 kernels faster than float32 for decoding.
+
+    Decoding is memory-bound, so halving the bytes pays wherever PyTorch has vectorised bf16 kernels
+    (AVX2 and up; AVX-512 BF16 / AMX compute it natively). Measured on a 2-core AVX2 EPYC: one
+    Qwen2.5-1.5B forward on 1 token took 278 ms in bf16 against 494 ms in float32.
+    """
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return capability.startswith("AVX2") or capability.startswith("AVX512") or "AMX" in capability
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device computes it natively, else float32."""
+    """bf16 where the device runs it fast, else float32 (float16 on GPUs without bf16)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
 
 
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -139,7 +139,7 @@ def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tqdm(total=2, desc="dequantising GGUF (25-70 s)", disable=quiet) as bar:
+    with tqdm(total=2, desc="dequantising GGUF (1-3 min)", disable=quiet) as bar:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name)
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name, dtype=torch.bfloat16)
         bar.update(1)
