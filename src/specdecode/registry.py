@@ -75,6 +75,29 @@ def is_cached(spec: BuiltinModel) -> bool:
     return (cached_dir(spec) / MARKER).is_file()
 
 
+def cache_size(spec: BuiltinModel) -> int:
+    """Bytes the cached copy of `spec` takes on disk (0 when not cached)."""
+    if not is_cached(spec):
+        return 0
+    return sum(f.stat().st_size for f in cached_dir(spec).rglob("*") if f.is_file())
+
+
+def describe(spec: BuiltinModel) -> dict[str, object]:
+    """What `specdecode models list` shows about a built-in."""
+    return {
+        "name": spec.name, "role": spec.role, "hub_id": spec.hub_id, "gguf": spec.gguf_name,
+        "gguf_bytes": spec.size, "packages_installed": part_paths(spec) is not None,
+        "cached": is_cached(spec), "cache_bytes": cache_size(spec), "cache_dir": str(cached_dir(spec)),
+    }
+
+
+def lookup(name: str) -> BuiltinModel:
+    """The built-in called `name`, or a ValueError listing the built-ins."""
+    if name not in BUILTINS:
+        raise ValueError(f"unknown built-in model {name!r}: the built-ins are {', '.join(BUILTINS)}")
+    return BUILTINS[name]
+
+
 def part_paths(spec: BuiltinModel) -> list[Path] | None:
     """Paths of the installed chunk files in order, or None when a chunk package is missing."""
     paths = []
@@ -139,7 +162,9 @@ def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tqdm(total=2, desc="dequantising GGUF (1-3 min)", disable=quiet) as bar:
+    from .models import quiet_transformers
+
+    with quiet_transformers(quiet), tqdm(total=2, desc="dequantising GGUF (1-3 min)", disable=quiet) as bar:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name)
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name, dtype=torch.bfloat16)
         bar.update(1)

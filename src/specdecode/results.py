@@ -32,7 +32,7 @@ class GenerationStats:
     target_s: float = 0.0
     draft_s: float = 0.0
     tokens_per_s: float = 0.0
-    finish_reason: str = ""
+    finish_reason: str = ""  # "stop" (EOS or stop string), "length" (budget) or "interrupted"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,9 +46,13 @@ class GenerationStats:
         if self.drafted:
             line += (
                 f", acceptance {self.acceptance_rate:.3f} ({self.accepted}/{self.drafted} accepted), "
-                f"time target {self.target_s:.2f}s / draft {self.draft_s:.2f}s"
+                f"time target {self.target_s:.2f}s ({self._share(self.target_s)}) / "
+                f"draft {self.draft_s:.2f}s ({self._share(self.draft_s)})"
             )
         return line
+
+    def _share(self, seconds: float) -> str:
+        return f"{100 * seconds / self.wall_s:.0f}%" if self.wall_s > 0 else "-"
 
 
 @dataclass
