@@ -98,3 +98,13 @@ def test_models_extra_lists_every_chunk_package():
     extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["models"]
     expected = [f"{d}=={s.version}" for s in reg.BUILTINS.values() for d in s.distributions]
     assert sorted(extra) == sorted(expected)
+
+
+def test_missing_gguf_loader_names_the_extra(tmp_path, monkeypatch):
+    spec = fake_model(tmp_path, monkeypatch, b"weights" * 10)
+    real_find_spec = reg.importlib.util.find_spec
+    monkeypatch.setattr(reg.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "accelerate" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"needs the accelerate package.*pip install 'specdecode\[gguf\]'"):
+        reg.fetch(spec, quiet=True)
+    assert not reg.cached_dir(spec).exists()

@@ -157,6 +157,9 @@ def load_model(
     elif name_or_path.endswith(".gguf"):
         if not os.path.isfile(name_or_path):
             raise ValueError(f"GGUF file not found: {name_or_path}")
+        from .registry import _require_gguf_loader
+
+        _require_gguf_loader()
         source, kwargs["gguf_file"] = os.path.split(os.path.abspath(name_or_path))
     with quiet_transformers(quiet):
         try:

