@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import transformers as tf
+
+from specdecode.toy import char_tokenizer, noisy_copy  # noqa: F401  (re-exported for the tests)
 
 VOCAB = 96
 
@@ -42,16 +42,6 @@ def build(arch: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
-    """A draft that agrees with `model` often but not always: its weights plus Gaussian noise."""
-    draft = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in draft.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * scale * param.std().clamp_min(1e-3))
-    return draft.eval()
-
-
 def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy decoding: the new tokens only."""
     ids = torch.tensor([prompt])
@@ -64,27 +54,3 @@ def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
     if eos is not None and eos in new:  # generate pads after EOS
         new = new[: new.index(eos) + 1]
     return new
-
-
-def char_tokenizer(shuffle_seed: int | None = None):
-    """A character-level tokenizer over printable ASCII plus "</s>" (id 95): VOCAB ids in all.
-
-    `shuffle_seed` permutes the ids, giving a tokenizer incompatible with the default one.
-    """
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(c) for c in range(32, 127)]
-    if shuffle_seed is not None:
-        order = torch.randperm(len(chars), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
-        chars = [chars[i] for i in order]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab["</s>"] = len(chars)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="</s>"))
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", unk_token="</s>")
-    tok.chat_template = (
-        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %}<assistant>{% endif %}"
-    )
-    return tok

@@ -56,6 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats)")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
+    bench = sub.add_parser(
+        "bench", help="benchmark speed against plain decoding and the peers",
+        description="Runs every configuration on every prompt of the workload, interleaved, and writes "
+        "results/<timestamp>/ (results.json, report.md, plots).",
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny in-process models, one prompt per task")
+    bench.add_argument("--target", default=DEFAULT_TARGET)
+    bench.add_argument("--draft", default=DEFAULT_DRAFT)
+    bench.add_argument("--tasks", type=_names, default=None, help="comma-separated (default: all)")
+    bench.add_argument("--prompts-per-task", type=int, default=None, help="default: all")
+    bench.add_argument("--prompts", default=None, help="prompt directory (default benchmarks/prompts)")
+    bench.add_argument("--max-new-tokens", type=int, default=None, help="default: each prompt's own")
+    bench.add_argument("--gammas", type=_ints, default=None, help="greedy gamma sweep (default 1,2,3,4,6,8)")
+    bench.add_argument("--gamma", type=int, default=4, help="our default gamma (compared with the peers)")
+    bench.add_argument("--temperatures", type=_floats, default=[0.0, 1.0])
+    bench.add_argument("--top-p", type=float, default=0.95, help="top-p of the sampled passes")
+    bench.add_argument("--rounds", type=int, default=1, help="repeats of each prompt (interleaved)")
+    bench.add_argument("--peers", type=_names, default=["hf", "assisted", "lookup", "llamacpp"],
+                       help="comma-separated subset of hf,assisted,lookup,llamacpp; 'none' for none")
+    bench.add_argument("--assisted-ks", type=_ints, default=None,
+                       help="assisted generation's fixed draft lengths (default 2,4,6,8)")
+    bench.add_argument("--dtype", default=None)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", default="results")
+    bench.add_argument("--quiet", action="store_true")
+
     models = sub.add_parser("models", help="list or fetch the built-in models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="built-in models, whether they are cached, their sizes")
@@ -64,6 +90,42 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(BUILTINS)} or 'all'")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [] if text == "none" else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    settings = dict(
+        target=args.target, draft=args.draft, tasks=args.tasks, per_task=args.prompts_per_task,
+        max_new_tokens=args.max_new_tokens, gammas=args.gammas, default_gamma=args.gamma,
+        temperatures=args.temperatures, top_p=args.top_p, rounds=args.rounds, peers=args.peers,
+        assisted_ks=args.assisted_ks, out=args.out, prompts_dir=args.prompts, dtype=args.dtype,
+        seed=args.seed, quiet=args.quiet,
+    )
+    settings = {k: v for k, v in settings.items() if v is not None}
+    cfg = BenchConfig.quick_suite(**settings) if args.quick else BenchConfig(**settings)
+    out = run_bench(cfg)
+    print((out / "report.md").read_text())
+    print(f"results: {out}/results.json, report: {out}/report.md")
+    return 0
 
 
 def _status(args: argparse.Namespace, message: str) -> None:
@@ -224,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "bench":
+            return _bench(args)
         return _models(args)
     except ValueError as exc:
         print(f"specdecode: error: {exc}", file=sys.stderr)

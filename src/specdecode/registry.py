@@ -202,3 +202,22 @@ def _from_hub(spec: BuiltinModel, dest: Path) -> None:
         ) from None
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+
+
+def gguf_file(spec: BuiltinModel, quiet: bool = False) -> Path | None:
+    """The assembled, sha256-checked GGUF file of `spec` (kept in the cache for engines that read GGUF,
+    such as llama.cpp), or None when its chunk packages are not installed."""
+    final = cache_root() / "gguf" / spec.gguf_name
+    if final.is_file() and final.stat().st_size == spec.size:
+        return final
+    parts = part_paths(spec)
+    if parts is None:
+        return None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{os.getpid()}-{spec.gguf_name}")
+    try:
+        assemble(spec, parts, tmp, quiet=quiet)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 
 
@@ -58,3 +61,54 @@ def random_table(vocab: int, context: int, seed: int, sharpness: float = 1.0) ->
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn((vocab,) * (context + 1), generator=gen, dtype=torch.float64) * sharpness
     return logits.softmax(-1)
+
+
+def noisy_copy(model: Any, scale: float, seed: int = 1) -> Any:
+    """A draft that agrees with `model` often but not always: its weights plus Gaussian noise."""
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * scale * param.std().clamp_min(1e-3))
+    return draft.eval()
+
+
+def char_tokenizer(shuffle_seed: int | None = None) -> Any:
+    """A character-level tokenizer over printable ASCII plus "</s>" (id 95): 96 ids in all.
+
+    `shuffle_seed` permutes the ids, giving a tokenizer incompatible with the default one.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]
+    if shuffle_seed is not None:
+        order = torch.randperm(len(chars), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        chars = [chars[i] for i in order]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab["</s>"] = len(chars)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="</s>"))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", unk_token="</s>")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    return tok
+
+
+def tiny_llama_pair(seed: int = 0, noise: float = 0.3) -> tuple[Any, Any]:
+    """A tiny random Llama (vocabulary = `char_tokenizer`) and a noisy copy of it as draft, wrapped."""
+    import transformers as tf
+
+    from .models import wrap
+
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    target = tf.LlamaForCausalLM(cfg)
+    head = target.get_output_embeddings()  # random init is near-uniform: sharpen the head
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape) * 0.5)
+    target.generation_config.pad_token_id = 0
+    target.eval()
+    return wrap(target, char_tokenizer()), wrap(noisy_copy(target, noise), char_tokenizer())

@@ -1,0 +1,228 @@
+"""From `results.json` samples to the summary tables of `report.md` and the PNG plots."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..theory import general_speedup, thm38_speedup
+
+PAPER_ALPHA_RANGE = (0.53, 0.88)  # model drafts in the paper's Table 3 (../shared/PAPER.md)
+PLAIN = "ours/plain"
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Medians per temperature, configuration and task ("all" = the whole suite).
+
+    speedup = median over prompts of (a configuration's tokens/s) / (our plain decoding's tokens/s on the
+    same prompt and round); `vs` compares our default configuration with each peer the same way.
+    """
+    cfg = results["config"]
+    costs = results["costs"]
+    t_target = {int(k): v for k, v in costs["target_s"].items()}
+    by_key: dict[tuple[float, int, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for s in results["samples"]:
+        by_key[(s["temperature"], s["round"], s["prompt_id"])][s["config"]] = s
+    out: dict[str, Any] = {}
+    for temp in sorted({s["temperature"] for s in results["samples"]}):
+        groups = {k: v for k, v in by_key.items() if k[0] == temp}
+        configs = list(dict.fromkeys(s["config"] for g in groups.values() for s in g.values()))
+        tasks = list(dict.fromkeys(s["task"] for g in groups.values() for s in g.values()))
+        default = f"ours/model gamma={cfg['default_gamma']}"
+        table: dict[str, dict[str, dict[str, Any]]] = {}
+        for config in configs:
+            table[config] = {}
+            for task in [*tasks, "all"]:
+                rows = [g for g in groups.values()
+                        if config in g and (task == "all" or g[config]["task"] == task)]
+                runs = [g[config] for g in rows]
+                ratio = [g[config]["tokens_per_s"] / g[PLAIN]["tokens_per_s"] for g in rows
+                         if PLAIN in g and g[PLAIN]["tokens_per_s"] > 0]
+                alphas = [r["acceptance_rate"] for r in runs if r["acceptance_rate"] is not None]
+                calls = [r["tokens_per_target_call"] for r in runs if r["tokens_per_target_call"]]
+                same = [r["identical_to_plain"] for r in runs if "identical_to_plain" in r]
+                margins = [r["divergence"]["top2_margin"] for r in runs if r.get("divergence")]
+                table[config][task] = {
+                    "tokens_per_s": _median([r["tokens_per_s"] for r in runs]), "speedup": _median(ratio),
+                    "alpha": statistics.fmean(alphas) if alphas else None,
+                    "tokens_per_target_call": statistics.fmean(calls) if calls else None,
+                    "identical": sum(same) / len(same) if same else None, "margins": margins, "n": len(runs),
+                }
+        assisted = [c for c in configs if c.startswith("hf/assisted")]
+        best_assisted = (max(assisted, key=lambda c: table[c]["all"]["tokens_per_s"] or 0)
+                         if assisted else None)
+        peers = [c for c in configs if c.startswith(("hf/plain", "hf/prompt", "llama.cpp"))]
+        if best_assisted:
+            peers.insert(1, best_assisted)
+        vs: dict[str, dict[str, float | None]] = {}
+        for peer in peers:
+            vs[peer] = {}
+            for task in [*tasks, "all"]:
+                ratio = [g[default]["tokens_per_s"] / g[peer]["tokens_per_s"] for g in groups.values()
+                         if default in g and peer in g and g[peer]["tokens_per_s"] > 0
+                         and (task == "all" or g[default]["task"] == task)]
+                vs[peer][task] = _median(ratio)
+        prediction: dict[str, dict[str, dict[str, float | None]]] = {}
+        for config in configs:
+            if not config.startswith("ours/model gamma="):
+                continue
+            gamma = int(config.split("=")[1])
+            prediction[config] = {}
+            for task in [*tasks, "all"]:
+                cell = table[config][task]
+                alpha = cell["alpha"]
+                if alpha is None or gamma + 1 not in t_target:
+                    continue
+                general = general_speedup(alpha, gamma, t_target.__getitem__, costs["draft_s"])
+                measured = cell["speedup"]
+                prediction[config][task] = {
+                    "alpha": alpha, "thm38": thm38_speedup(alpha, gamma, costs["c"]), "general": general,
+                    "measured": measured, "measured_over_general": measured / general if measured else None,
+                }
+        out[str(temp)] = {"tasks": tasks, "configs": configs, "table": table, "default": default,
+                          "best_assisted": best_assisted, "vs": vs, "prediction": prediction}
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
+    """report.md: the setup, then per temperature the speed, peer, prediction and exactness tables."""
+    m, costs = results["machine"], results["costs"]
+    t_ms = ", ".join(f"T({k}) {v * 1000:.0f}" for k, v in costs["target_s"].items())
+    parts = [
+        "# specdecode benchmark report", "",
+        f"- date: {results['date']}", f"- command: `{results['command']}`",
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['cpu_capability']}), torch threads "
+        f"{m['torch_threads']}, GPU {m['gpu'] or 'none'}",
+        f"- software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}"
+        + (f", llama-cpp-python {m['llama_cpp_python']}" if m.get("llama_cpp_python") else ""),
+        f"- models: target {results['target']}, draft {results['draft']}, dtype {results['dtype']}, "
+        f"device {results['device']}",
+        f"- measured costs (ms, 64 cached tokens): {t_ms}; draft T(1) {costs['draft_s'] * 1000:.0f}; "
+        f"c = {costs['c']:.3f}",
+        *[f"- {line}" for line in results["skipped"]], "",
+        "speedup = median over prompts of tokens/s divided by our plain decoding's tokens/s on the same "
+        "prompt, measured back to back in one process.", "",
+    ]
+    for temp, s in summary.items():
+        tasks = [*s["tasks"], "all"]
+        label = "greedy (temperature 0)" if float(temp) == 0 else f"temperature {temp}"
+        parts += [f"## {label}", "", "### Tokens/s (median) and speedup over our plain decoding", ""]
+        rows = [[c] + [f"{_fmt(s['table'][c][t]['tokens_per_s'])} ({_fmt(s['table'][c][t]['speedup'])}x)"
+                       for t in tasks] for c in s["configs"]]
+        parts += [_table(["configuration", *tasks], rows), ""]
+        if s["vs"]:
+            parts += [f"### Our default ({s['default']}) against each peer (ratio of tokens/s)", ""]
+            rows = [[p] + [_fmt(s["vs"][p][t], suffix="x") for t in tasks] for p in s["vs"]]
+            parts += [_table(["peer", *tasks], rows), ""]
+        if s["prediction"]:
+            parts += ["### Measured speedup against the paper's prediction (suite-wide alpha)", "",
+                      "Thm 3.8 assumes T(gamma+1) = T(1); the general form uses the measured T(k) and c.", ""]
+            rows = [[c, _fmt(p["all"]["alpha"], 3), _fmt(p["all"]["thm38"]), _fmt(p["all"]["general"]),
+                     _fmt(p["all"]["measured"]), _fmt(p["all"]["measured_over_general"])]
+                    for c, p in s["prediction"].items() if "all" in p]
+            parts += [_table(["configuration", "alpha", "Thm 3.8", "general form", "measured",
+                              "measured / general"], rows), ""]
+            rows = [[t] + [_fmt(s["table"][c][t]["alpha"], 3) for c in s["prediction"]] for t in tasks]
+            parts += ["### Acceptance rate alpha per task", "",
+                      _table(["task", *s["prediction"]], rows), ""]
+        if float(temp) == 0:
+            rows = []
+            for c in s["configs"]:
+                cell = s["table"][c]["all"]
+                if c == PLAIN or cell["identical"] is None:
+                    continue
+                margins = cell["margins"]
+                rows.append([c, f"{cell['identical'] * 100:.0f}%", str(len(margins)),
+                             ", ".join(f"{x:.3f}" for x in sorted(margins)[:8]) or "-"])
+            parts += ["### Greedy exactness: outputs identical to our plain decoding", "",
+                      "Margins: the target's top-2 logit gap at the first divergence (llama.cpp runs other "
+                      "numerics on the quantized file, so no margin is computed for it).", "",
+                      _table(["configuration", "identical", "divergences", "top-2 margins"], rows), ""]
+    return "\n".join(parts)
+
+
+def plot(results: dict[str, Any], summary: dict[str, Any], out: Path) -> list[str]:
+    """PNG plots; returns the file names written (none when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    greedy = summary.get("0.0") or next(iter(summary.values()))
+    gamma_cfgs = sorted(greedy["prediction"], key=lambda c: int(c.split("=")[1]))
+    gammas = [int(c.split("=")[1]) for c in gamma_cfgs]
+    if gammas:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for task in [*greedy["tasks"], "all"]:
+            ys = [greedy["table"][c][task]["speedup"] for c in gamma_cfgs]
+            ax.plot(gammas, ys, marker="o", label=task, linewidth=3 if task == "all" else 1.2)
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set(xlabel="gamma (draft tokens per target call)", ylabel="speedup over plain decoding",
+               title="Speedup vs gamma per task (greedy)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "speedup_vs_gamma.png", dpi=120)
+        written.append("speedup_vs_gamma.png")
+        plt.close(fig)
+
+        default = greedy["default"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        tasks = greedy["tasks"]
+        ax.bar(tasks, [greedy["table"][default][t]["alpha"] or 0 for t in tasks], color="tab:blue")
+        ax.axhspan(*PAPER_ALPHA_RANGE, color="tab:orange", alpha=0.2, label="paper, model drafts (Table 3)")
+        ax.set(ylim=(0, 1), ylabel="alpha", title=f"Acceptance rate per task ({default}, greedy)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "alpha_per_task.png", dpi=120)
+        written.append("alpha_per_task.png")
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        points = [(p["general"], p["measured"], p["thm38"]) for c in gamma_cfgs
+                  for t, p in greedy["prediction"][c].items() if t != "all" and p["measured"]]
+        if points:
+            ax.scatter([p[0] for p in points], [p[1] for p in points], label="general form (measured T(k))")
+            ax.scatter([p[2] for p in points], [p[1] for p in points], marker="x", label="Thm 3.8")
+            hi = max(max(p) for p in points) * 1.1
+            ax.plot([0, hi], [0, hi], color="grey", linestyle="--", linewidth=1)
+        ax.set(xlabel="predicted speedup", ylabel="measured speedup",
+               title="Predicted vs measured (per task and gamma)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "predicted_vs_measured.png", dpi=120)
+        written.append("predicted_vs_measured.png")
+        plt.close(fig)
+    return written
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """Write report.md (and the plots) next to results.json; returns the report's path."""
+    summary = summarise(results)
+    plots = plot(results, summary, out)
+    text = render(results, summary)
+    if plots:
+        text += "\n## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
+    else:
+        text += "\n(no plots: pip install 'specdecode[bench]' for matplotlib)\n"
+    (out / "report.md").write_text(text)
+    return out / "report.md"

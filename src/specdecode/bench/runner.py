@@ -1,0 +1,228 @@
+"""`specdecode bench`: every configuration on every prompt, interleaved, into `results/<timestamp>/`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..compare import first_divergence
+from .costs import cost_curve
+from .peers import HFRunner, LlamaCppRunner, OursRunner, Sampling, llama_cpp_available
+from .workload import BenchPrompt, load_prompts
+
+PEERS = ("hf", "assisted", "lookup", "llamacpp")
+
+
+@dataclass
+class BenchConfig:
+    """What `specdecode bench` runs (the defaults are the full suite)."""
+
+    target: str = "qwen2.5-coder-1.5b"
+    draft: str = "qwen2.5-coder-0.5b"
+    tasks: list[str] | None = None
+    per_task: int | None = None
+    max_new_tokens: int | None = None  # None: each prompt's own
+    gammas: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8])
+    default_gamma: int = 4
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    top_p: float = 0.95
+    rounds: int = 1
+    peers: list[str] = field(default_factory=lambda: list(PEERS))
+    assisted_ks: list[int] = field(default_factory=lambda: [2, 4, 6, 8])
+    lookup_tokens: int = 10
+    cost_ks: list[int] = field(default_factory=lambda: list(range(1, 10)))
+    out: str = "results"
+    prompts_dir: str | None = None
+    dtype: str | None = None
+    seed: int = 0
+    quick: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def quick_suite(cls, **overrides: Any) -> BenchConfig:
+        """The whole pipeline on tiny in-process models: one prompt per task, few configurations."""
+        settings: dict[str, Any] = dict(quick=True, per_task=1, max_new_tokens=12, gammas=[1, 4],
+                                        assisted_ks=[4], cost_ks=[1, 2, 3, 5])
+        settings.update(overrides)
+        return cls(**settings)
+
+    def validate(self) -> None:
+        if not self.gammas or min(self.gammas) < 1:
+            raise ValueError(f"gammas must be integers >= 1, got {self.gammas}")
+        if self.default_gamma < 1 or self.rounds < 1:
+            raise ValueError("default gamma and rounds must be >= 1")
+        unknown = sorted(set(self.peers) - set(PEERS))
+        if unknown:
+            raise ValueError(f"unknown peer(s) {unknown}: choose from {list(PEERS)}")
+        if any(t < 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be >= 0, got {self.temperatures}")
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import transformers
+
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if llama_cpp_available():
+        import llama_cpp
+
+        info["llama_cpp_python"] = llama_cpp.__version__
+    return info
+
+
+def _load_pair(cfg: BenchConfig) -> tuple[Any, Any, str | None]:
+    """Target, draft and the target's GGUF path (for llama.cpp; None when unknown)."""
+    if cfg.quick:
+        from ..toy import tiny_llama_pair
+
+        target, draft = tiny_llama_pair()
+        return target, draft, None
+    from .. import registry
+    from ..models import load_model
+
+    target = load_model(cfg.target, dtype=cfg.dtype, quiet=cfg.quiet)
+    draft = load_model(cfg.draft, dtype=cfg.dtype, quiet=cfg.quiet)
+    gguf = None
+    if cfg.target in registry.BUILTINS and "llamacpp" in cfg.peers and llama_cpp_available():
+        path = registry.gguf_file(registry.BUILTINS[cfg.target], quiet=cfg.quiet)
+        gguf = str(path) if path else None
+    elif cfg.target.endswith(".gguf"):
+        gguf = cfg.target
+    return target, draft, gguf
+
+
+def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampling: Sampling,
+             skipped: list[str]) -> list[Any]:
+    greedy = sampling.temperature == 0
+    runners: list[Any] = [OursRunner(target, None)]
+    gammas = cfg.gammas if greedy else [cfg.default_gamma]
+    runners += [OursRunner(target, draft, gamma=g) for g in sorted(set(gammas) | {cfg.default_gamma})]
+    if "hf" in cfg.peers:
+        runners.append(HFRunner(target))
+    if "assisted" in cfg.peers:
+        ks = cfg.assisted_ks if greedy else []
+        runners += [HFRunner(target, "assisted", draft, assistant_k=k) for k in ks]
+        runners.append(HFRunner(target, "assisted", draft))
+    if "lookup" in cfg.peers:
+        runners.append(HFRunner(target, "lookup", lookup_tokens=cfg.lookup_tokens))
+    if "llamacpp" in cfg.peers and greedy:
+        reason = None
+        if not llama_cpp_available():
+            reason = "llama-cpp-python is not installed (pip install 'specdecode[bench-llamacpp]')"
+        elif gguf is None:
+            reason = "no GGUF file for this target (built-in models with their chunk packages, or a .gguf)"
+        if reason:
+            line = f"skipped llama.cpp peers: {reason}"
+            if line not in skipped:
+                skipped.append(line)
+        else:
+            eos = set(getattr(target, "eos_token_ids", set()) or set())
+            runners += [LlamaCppRunner(gguf, eos), LlamaCppRunner(gguf, eos, lookup_tokens=cfg.lookup_tokens)]
+    return runners
+
+
+def _sample(prompt: BenchPrompt, sampling: Sampling, rnd: int, runner: Any, run: Any) -> dict[str, Any]:
+    stats = run.stats
+    return {
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "prompt_id": prompt.id,
+        "task": prompt.task, "round": rnd, "config": runner.name, "family": runner.family,
+        "new_tokens": len(run.token_ids), "seconds": run.seconds, "tokens_per_s": run.tokens_per_s,
+        "acceptance_rate": stats.get("acceptance_rate") if stats.get("drafted") else None,
+        "tokens_per_target_call": stats.get("mean_tokens_per_target_call"),
+        "accepted_per_position": stats.get("accepted_per_position"),
+        "drafted_per_position": stats.get("drafted_per_position"),
+        "target_s": stats.get("target_s"), "draft_s": stats.get("draft_s"), "token_ids": run.token_ids,
+    }
+
+
+def _exactness(target: Any, prompt_ids: list[int], samples: list[dict[str, Any]]) -> None:
+    """Mark each greedy sample identical or not to our plain decoding, with the top-2 margin where not."""
+    plain = next(s for s in samples if s["config"] == "ours/plain")
+    for s in samples:
+        s["identical_to_plain"] = s["token_ids"] == plain["token_ids"]
+        s["divergence"] = None
+        if not s["identical_to_plain"] and s["family"] != "llama.cpp":  # llama.cpp runs other numerics
+            div = first_divergence(target, prompt_ids, plain["token_ids"], s["token_ids"])
+            s["divergence"] = asdict(div) if div else None
+
+
+def run_bench(cfg: BenchConfig) -> Path:
+    """Run the benchmark; returns the results directory (results.json, report.md, plots)."""
+    from .report import write_report
+
+    cfg.validate()
+    prompts = load_prompts(cfg.prompts_dir, cfg.tasks, cfg.per_task)
+    started = datetime.datetime.now()
+    out = Path(cfg.out) / started.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    target, draft, gguf = _load_pair(cfg)
+    say = (lambda msg: None) if cfg.quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
+    say("measuring the cost curve T(k) of the target and T(1) of the draft ...")
+    t_target = cost_curve(target, cfg.cost_ks, repeats=2 if cfg.quick else 3)
+    t_draft = cost_curve(draft, [1], repeats=2 if cfg.quick else 5)[1]
+    say("T(k) ms: " + ", ".join(f"{k}: {v * 1000:.0f}" for k, v in t_target.items()) +
+        f"; draft T(1) {t_draft * 1000:.0f} ms; c = {t_draft / t_target[1]:.3f}")
+    encoder = OursRunner(target, None).gen
+    skipped: list[str] = []
+    plan = [(Sampling(t, 1.0 if t == 0 else cfg.top_p),) for t in cfg.temperatures]
+    runner_sets = {s[0]: _runners(cfg, target, draft, gguf, s[0], skipped) for s in plan}
+    for line in skipped:
+        say(line)
+    total = sum(len(r) for r in runner_sets.values()) * len(prompts) * cfg.rounds
+    samples: list[dict[str, Any]] = []
+    with tqdm(total=total, desc="bench", unit="run", disable=cfg.quiet, file=sys.stderr) as bar:
+        for sampling, runners in runner_sets.items():
+            for prompt in prompts:
+                prompt_ids = encoder.encode(prompt.messages, chat=True)
+                budget = cfg.max_new_tokens or prompt.max_new_tokens
+                for rnd in range(cfg.rounds):
+                    batch = []
+                    for runner in runners:
+                        bar.set_description(f"{prompt.id} {runner.name}")
+                        run = runner.run(prompt_ids, budget, sampling, seed=cfg.seed + rnd)
+                        batch.append(_sample(prompt, sampling, rnd, runner, run))
+                        bar.update(1)
+                        a = batch[-1]["acceptance_rate"]
+                        say(f"{sampling.label:>18} {prompt.id:<20} {runner.name:<28} "
+                            f"{run.tokens_per_s:7.2f} tok/s" + (f"  alpha {a:.3f}" if a is not None else ""))
+                    if sampling.temperature == 0:
+                        _exactness(target, prompt_ids, batch)
+                    samples.extend(batch)
+    results = {
+        "date": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv), "config": asdict(cfg),
+        "machine": machine_info(), "target": cfg.target if not cfg.quick else "tiny-llama (random)",
+        "draft": cfg.draft if not cfg.quick else "tiny-llama (noisy copy)",
+        "dtype": str(target.dtype).removeprefix("torch."), "device": str(target.device),
+        "costs": {"target_s": {str(k): v for k, v in t_target.items()}, "draft_s": t_draft,
+                  "c": t_draft / t_target[1]},
+        "skipped": skipped, "samples": samples,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, out)
+    say(f"results in {out}")
+    return out
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
