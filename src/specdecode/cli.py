@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default="results")
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--report", metavar="DIR", default=None,
+                       help="only re-render DIR/report.md and the plots from DIR/results.json")
 
     models = sub.add_parser("models", help="list or fetch the built-in models")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -113,6 +116,14 @@ def _names(text: str) -> list[str]:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench
 
+    if args.report:
+        from .bench.report import write_report
+
+        path = Path(args.report) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"no results.json in {args.report}")
+        print(write_report(json.loads(path.read_text()), path.parent).read_text())
+        return 0
     settings = dict(
         target=args.target, draft=args.draft, tasks=args.tasks, per_task=args.prompts_per_task,
         max_new_tokens=args.max_new_tokens, gammas=args.gammas, default_gamma=args.gamma,

@@ -98,6 +98,19 @@ class DecodeLoop:
         stats.draft_s += time.perf_counter() - start
         return torch.cat(tokens).view(-1), torch.cat(qs)
 
+    def _prefill(self, seq: list[int]) -> None:
+        """Feed both caches all but the last token of the prompt (timed apart from decoding)."""
+        start = time.perf_counter()
+        for model, trim, role in ((self.target, self._trim_target, "target"),
+                                  (self.draft, self._trim_draft, "draft")):
+            if model is None or (role == "draft" and self.gamma == 0) or len(seq) - model.length < 2:
+                continue
+            feed = seq[model.length : -1]
+            _logits(model, torch.tensor([feed], dtype=torch.long, device=self.device), 1, trim)
+            setattr(self.stats, f"{role}_tokens", getattr(self.stats, f"{role}_tokens") + len(feed))
+        _sync(self.device)
+        self.stats.prefill_s = time.perf_counter() - start
+
     def run(self, sequence: list[int], max_new_tokens: int) -> Iterator[list[int]]:
         """Extend `sequence` (the tokens both caches must be fed) by at most `max_new_tokens` tokens."""
         target, draft, stats = self.target, self.draft, self.stats
@@ -107,6 +120,7 @@ class DecodeLoop:
         wall_start = time.perf_counter()
         stats.finish_reason = ""
         try:
+            self._prefill(seq)
             while generated < max_new_tokens:
                 gamma = min(self.gamma, max_new_tokens - generated - 1)
                 base = len(seq)
@@ -164,3 +178,5 @@ class DecodeLoop:
                 stats.new_tokens / stats.target_calls if stats.target_calls else 0.0
             )
             stats.tokens_per_s = stats.new_tokens / stats.wall_s if stats.wall_s > 0 else 0.0
+            decode_s = stats.wall_s - stats.prefill_s
+            stats.decode_tokens_per_s = stats.new_tokens / decode_s if decode_s > 0 else 0.0

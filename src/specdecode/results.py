@@ -14,6 +14,9 @@ class GenerationStats:
     position. accepted_per_position[i] / drafted_per_position[i] is how often draft position i (0-based)
     was accepted when it was proposed. target_tokens / draft_tokens count every position each model
     processed, so prompt_tokens + new_tokens - 1 for the target means no prefix was ever recomputed.
+    wall_s includes prefill_s (both caches fed the prompt before decoding starts); tokens_per_s is
+    new_tokens / wall_s and decode_tokens_per_s is new_tokens / (wall_s - prefill_s). target_calls,
+    target_s and draft_s count the decoding iterations only.
     """
 
     prompt_tokens: int = 0
@@ -29,9 +32,11 @@ class GenerationStats:
     draft_tokens: int = 0
     mean_tokens_per_target_call: float = 0.0
     wall_s: float = 0.0
+    prefill_s: float = 0.0
     target_s: float = 0.0
     draft_s: float = 0.0
     tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
     finish_reason: str = ""  # "stop" (EOS or stop string), "length" (budget) or "interrupted"
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,7 +45,8 @@ class GenerationStats:
     def summary(self) -> str:
         """One human-readable line."""
         line = (
-            f"{self.new_tokens} tokens in {self.wall_s:.2f}s ({self.tokens_per_s:.2f} tok/s), "
+            f"{self.new_tokens} tokens in {self.wall_s:.2f}s ({self.tokens_per_s:.2f} tok/s; "
+            f"{self.decode_tokens_per_s:.2f} tok/s after a {self.prefill_s:.2f}s prefill), "
             f"{self.target_calls} target calls, {self.mean_tokens_per_target_call:.2f} tokens/call"
         )
         if self.drafted:

@@ -19,11 +19,35 @@ class Run:
 
     token_ids: list[int]
     seconds: float
+    first_s: float  # until the first new token(s) came out: prefill and the first step
+    first_n: int  # how many tokens that first emission held
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
+        """End to end, prefill included."""
         return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """After the first emission: the decoding speed, free of the prompt's length."""
+        rest = self.seconds - self.first_s
+        return (len(self.token_ids) - self.first_n) / rest if rest > 0 else 0.0
+
+
+class _FirstEmission:
+    """A transformers streamer that notes when the first new tokens arrive (its first `put` is the prompt)."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.puts, self.first_s, self.first_n = start, 0, 0.0, 0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_s, self.first_n = time.perf_counter() - self.start, int(value.numel())
+
+    def end(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -49,9 +73,16 @@ class OursRunner:
         self.name = f"ours/{label} gamma={gamma}" if draft is not None else "ours/plain"
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> Run:
-        res = self.gen.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, gamma=self.gamma, seed=seed)
-        return Run(res.token_ids, res.stats.wall_s, res.stats.to_dict())
+        stream = self.gen.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, gamma=self.gamma, seed=seed, tokens=True)
+        start = time.perf_counter()
+        first_s, first_n = 0.0, 0
+        for chunk in stream:
+            if not first_n:
+                first_s, first_n = time.perf_counter() - start, len(chunk)
+        res = stream.result
+        assert res is not None
+        return Run(res.token_ids, time.perf_counter() - start, first_s, first_n, res.stats.to_dict())
 
 
 class HFRunner:
@@ -103,13 +134,15 @@ class HFRunner:
         ids = torch.tensor([prompt_ids], device=self.target.device)
         torch.manual_seed(seed)
         start = time.perf_counter()
+        timer = _FirstEmission(start)
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg, **kwargs)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg,
+                                 streamer=timer, **kwargs)
         seconds = time.perf_counter() - start
         new = out[0, len(prompt_ids):].tolist()
         eos = set(self.eos or [])
         cut = next((i for i, t in enumerate(new) if t in eos), None)
-        return Run(new[: cut + 1] if cut is not None else new, seconds)
+        return Run(new[: cut + 1] if cut is not None else new, seconds, timer.first_s, timer.first_n)
 
 
 def llama_cpp_available() -> bool:
@@ -142,8 +175,11 @@ class LlamaCppRunner:
         self.llm.reset()  # no prompt-prefix reuse from the previous run
         new: list[int] = []
         start = time.perf_counter()
+        first_s = 0.0
         for token in self.llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             new.append(int(token))
+            if len(new) == 1:
+                first_s = time.perf_counter() - start
             if token in self.eos or len(new) >= max_new_tokens:
                 break
-        return Run(new, time.perf_counter() - start)
+        return Run(new, time.perf_counter() - start, first_s, 1)

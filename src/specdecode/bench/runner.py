@@ -147,7 +147,8 @@ def _sample(prompt: BenchPrompt, sampling: Sampling, rnd: int, runner: Any, run:
     return {
         "temperature": sampling.temperature, "top_p": sampling.top_p, "prompt_id": prompt.id,
         "task": prompt.task, "round": rnd, "config": runner.name, "family": runner.family,
-        "new_tokens": len(run.token_ids), "seconds": run.seconds, "tokens_per_s": run.tokens_per_s,
+        "new_tokens": len(run.token_ids), "seconds": run.seconds, "first_s": run.first_s,
+        "first_n": run.first_n, "tokens_per_s": run.decode_tokens_per_s, "e2e_tokens_per_s": run.tokens_per_s,
         "acceptance_rate": stats.get("acceptance_rate") if stats.get("drafted") else None,
         "tokens_per_target_call": stats.get("mean_tokens_per_target_call"),
         "accepted_per_position": stats.get("accepted_per_position"),
@@ -205,7 +206,8 @@ def run_bench(cfg: BenchConfig) -> Path:
                         bar.update(1)
                         a = batch[-1]["acceptance_rate"]
                         say(f"{sampling.label:>18} {prompt.id:<20} {runner.name:<28} "
-                            f"{run.tokens_per_s:7.2f} tok/s" + (f"  alpha {a:.3f}" if a is not None else ""))
+                            f"{run.decode_tokens_per_s:7.2f} tok/s (first token {run.first_s:5.2f}s)"
+                            + (f"  alpha {a:.3f}" if a is not None else ""))
                     if sampling.temperature == 0:
                         _exactness(target, prompt_ids, batch)
                     samples.extend(batch)
