@@ -51,21 +51,25 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     samples = results["samples"]
     greedy = [s for s in samples if s["temperature"] == 0]
     configs = {s["config"] for s in greedy}
+    ours_auto = {"ours/model gamma=auto", "ours/ngram gamma=auto", "ours/ngram+model gamma=auto"}
     assert configs == {"ours/plain", "ours/model gamma=1", "ours/model gamma=4", "hf/plain",
-                       "hf/assisted k=4", "hf/assisted default", "hf/prompt-lookup n=10"}
+                       "hf/assisted k=4", "hf/assisted default", "hf/prompt-lookup n=10"} | ours_auto
     assert len(greedy) == 2 * len(configs)  # 2 prompts, 1 round
     assert {s["config"] for s in samples if s["temperature"] == 1} == {
-        "ours/plain", "ours/model gamma=4", "hf/plain", "hf/assisted default", "hf/prompt-lookup n=10"}
+        "ours/plain", "hf/plain", "hf/assisted default", "hf/prompt-lookup n=10"} | ours_auto
     assert any("llama.cpp" in line for line in results["skipped"])  # no GGUF for in-process models
     for s in samples:
         assert s["new_tokens"] == len(s["token_ids"]) > 0 and s["tokens_per_s"] > 0
-        if s["config"].startswith("ours/model"):
+        if s["config"].startswith("ours/model gamma=") and s["config"][-1].isdigit():
             assert 0 <= s["acceptance_rate"] <= 1 and s["tokens_per_target_call"] >= 1
+        if s["config"].endswith("gamma=auto"):
+            assert sum(s["gamma_histogram"].values()) >= 1
     for s in greedy:  # greedy exactness is checked against our plain decoding, sample by sample
         assert s["identical_to_plain"] is True, s["config"]
     report = (out / "report.md").read_text()
     for heading in ("## greedy (temperature 0)", "## temperature 1.0", "speedup over our plain decoding",
-                    "against each peer", "paper's prediction", "Greedy exactness", "Acceptance rate alpha"):
+                    "against each peer", "paper's prediction", "Greedy exactness", "Acceptance rate alpha",
+                    "Gammas chosen by gamma=auto"):
         assert heading in report
     assert "hf/assisted k=4" in report and "code_editing" in report
     for png in ("speedup_vs_gamma.png", "alpha_per_task.png", "predicted_vs_measured.png"):

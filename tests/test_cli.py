@@ -65,7 +65,7 @@ def test_json_schema(pair, capsys):
     assert r["interrupted"] is False and r["finish_reason"] == "length"
     assert len(r["token_ids"]) == r["stats"]["new_tokens"] == 17
     assert r["settings"] == {"max_new_tokens": 17, "temperature": 0.8, "top_k": 0, "top_p": 0.9,
-                             "min_p": 0.0, "gamma": 3, "seed": 5, "stop": None}
+                             "min_p": 0.0, "gamma": 3, "gamma_max": 8, "seed": 5, "stop": None}
     stats = r["stats"]
     for key in ("acceptance_rate", "mean_tokens_per_target_call", "target_s", "draft_s", "tokens_per_s"):
         assert isinstance(stats[key], float)
@@ -96,6 +96,18 @@ def test_compare_with_sampling_does_not_claim_identity(pair, capsys):
     assert json.loads(out)["compare"]["identical"] is None
 
 
+@pytest.mark.parametrize("draft", ["ngram", "ngram+DRAFT", "DRAFT"])
+def test_other_drafters_and_auto_gamma_from_the_command_line(pair, capsys, draft):
+    draft = draft.replace("DRAFT", pair[1])
+    code, out, _ = run(["generate", "--target", pair[0], "--draft", draft, "--dtype", "fp32", "--quiet",
+                        "--max-new-tokens", "30", "--compare", "--json", "--draft-threshold", "0.2",
+                        "abcabcabcabc"], capsys)
+    r = json.loads(out)
+    assert code == 0 and r["draft"] == draft and r["settings"]["gamma"] == "auto"
+    assert r["compare"]["identical"] is True
+    assert sum(r["stats"]["gamma_histogram"].values()) == r["stats"]["target_calls"]
+
+
 def test_prompt_from_file_and_stdin(pair, capsys, tmp_path, monkeypatch):
     (tmp_path / "p.txt").write_text(PROMPT)
     expected = json.loads(run(base(pair, "--max-new-tokens", "8", "--json", PROMPT), capsys)[1])["text"]
@@ -115,13 +127,13 @@ def test_plain_decoding_when_no_draft_is_given(pair, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--gamma", "0", PROMPT], "gamma must be an integer >= 1"),
+        (["--gamma", "0", PROMPT], "gamma must be 'auto' or an integer >= 1"),
         (["--max-new-tokens", "0", PROMPT], "max_new_tokens must be an integer >= 1"),
         (["--temperature", "-1", PROMPT], "temperature"),
         ([""], "prompt is empty"),
         (["--file", "/nonexistent/prompt.txt"], "cannot read the prompt file"),
         (["--file", __file__, PROMPT], "not both"),
-        (["--draft", "ngram", PROMPT], "n-gram drafter"),
+        (["--draft-threshold", "1.5", PROMPT], "threshold must be in [0, 1)"),
         (["--dtype", "int3", PROMPT], "unknown dtype"),
     ],
 )

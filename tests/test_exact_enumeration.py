@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import specdecode.acceptance as v
+from specdecode.drafters import NgramDrafter
 from specdecode.sampling import SamplingParams, adjusted_probs
 from specdecode.toy import TableLM, random_table
 
@@ -26,6 +27,22 @@ def speculative_distribution(target, draft, params, gamma, prefix, length):
     def adjust(model, seq):
         return adjusted_probs(model.logits_after(seq).unsqueeze(0), params)[0]
 
+    def draft_options(seq, g, weight):
+        """(drafts, q rows, probability) of every proposal: enumerated for a model, one for a function."""
+        if callable(draft):
+            drafts = tuple(draft(seq, g))[:g]
+            yield drafts, [torch.nn.functional.one_hot(torch.tensor(t), target.vocab_size).double()
+                           for t in drafts], weight
+            return
+        for drafts in itertools.product(range(target.vocab_size), repeat=g):
+            q_rows, w_draft = [], weight
+            for i in range(g):
+                q_i = adjust(draft, seq + list(drafts[:i]))
+                q_rows.append(q_i)
+                w_draft *= float(q_i[drafts[i]])
+            if w_draft > 0.0:
+                yield drafts, q_rows, w_draft
+
     def expand(seq: list[int], generated: tuple[int, ...], weight: float) -> None:
         remaining = length - len(generated)
         if remaining == 0:
@@ -33,14 +50,8 @@ def speculative_distribution(target, draft, params, gamma, prefix, length):
             return
         g = min(gamma, remaining - 1)
         vocab = target.vocab_size
-        for drafts in itertools.product(range(vocab), repeat=g):
-            q_rows, w_draft = [], weight
-            for i in range(g):
-                q_i = adjust(draft, seq + list(drafts[:i]))
-                q_rows.append(q_i)
-                w_draft *= float(q_i[drafts[i]])
-            if w_draft == 0.0:
-                continue
+        for drafts, q_rows, w_draft in draft_options(seq, g, weight):
+            g = len(drafts)  # a deterministic drafter may propose fewer
             p = torch.stack([adjust(target, seq + list(drafts[:i])) for i in range(g + 1)]).unsqueeze(0)
             q = (torch.stack(q_rows) if g else torch.empty(0, vocab, dtype=torch.float64)).unsqueeze(0)
             x = torch.tensor([list(drafts)], dtype=torch.long)
@@ -93,6 +104,28 @@ def test_speculative_distribution_equals_target(gamma, params, vocab, context):
     target = TableLM(random_table(vocab, context, seed=vocab * 10 + context))
     draft = TableLM(random_table(vocab, context, seed=vocab * 10 + context + 1, sharpness=2.0))
     prefix = [1]
+    spec = speculative_distribution(target, draft, params, gamma, prefix, LENGTH)
+    exact = target_distribution(target, params, prefix, LENGTH)
+    assert abs(sum(spec.values()) - 1.0) < 1e-9
+    for seq in set(spec) | set(exact):
+        assert abs(spec.get(seq, 0.0) - exact.get(seq, 0.0)) < 1e-9, seq
+
+
+def _ngram(seq, g):
+    drafter = NgramDrafter(max_n=2)
+    drafter.begin(seq)
+    return drafter.lookup(seq, g)
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 4])
+@pytest.mark.parametrize("params", SETTINGS, ids=["t1", "topk-topp", "minp", "greedy"])
+@pytest.mark.parametrize("name", ["ngram", "repeat-last", "short"])
+def test_deterministic_drafters_keep_the_target_distribution(gamma, params, name):
+    """One-hot q: n-gram lookup, a fixed rule, and proposals shorter than gamma (as early stop gives)."""
+    draft = {"ngram": _ngram, "repeat-last": lambda s, g: [s[-1]] * g,
+             "short": lambda s, g: [(s[-1] + 1) % 4] * min(g, len(s) % 2)}[name]
+    target = TableLM(random_table(4, 1, seed=21))
+    prefix = [1, 2, 1]
     spec = speculative_distribution(target, draft, params, gamma, prefix, LENGTH)
     exact = target_distribution(target, params, prefix, LENGTH)
     assert abs(sum(spec.values()) - 1.0) < 1e-9

@@ -39,8 +39,8 @@ def test_same_seed_same_output_and_different_seed_differs(gen):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(gamma=0), "gamma must be an integer >= 1"),
-        (dict(gamma=2.5), "gamma must be an integer >= 1"),
+        (dict(gamma=0), "gamma must be 'auto' or an integer >= 1"),
+        (dict(gamma=2.5), "gamma must be 'auto' or an integer >= 1"),
         (dict(temperature=-0.1), "temperature must be >= 0"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),

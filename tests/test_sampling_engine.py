@@ -20,10 +20,11 @@ LENGTH = 3
 PREFIX = [1]
 
 
-def exact_distribution(target: TableLM, params: SamplingParams) -> dict[tuple[int, ...], float]:
+def exact_distribution(target: TableLM, params: SamplingParams, prefix: list[int] = PREFIX
+                       ) -> dict[tuple[int, ...], float]:
     out = {}
     for seq in itertools.product(range(target.vocab_size), repeat=LENGTH):
-        w, ctx = 1.0, list(PREFIX)
+        w, ctx = 1.0, list(prefix)
         for t in seq:
             w *= float(adjusted_probs(target.logits_after(ctx).unsqueeze(0), params)[0, t])
             ctx.append(t)
@@ -31,17 +32,18 @@ def exact_distribution(target: TableLM, params: SamplingParams) -> dict[tuple[in
     return out
 
 
-def p_value(target: TableLM, draft: TableLM, params: SamplingParams, gamma: int) -> float:
+def p_value(target: TableLM, draft, params: SamplingParams, gamma: int, prefix: list[int] = PREFIX,
+            drafted: list[int] | None = None) -> float:
     gen = SpeculativeGenerator(target, draft)
     rng = torch.Generator().manual_seed(1234)
-    counts = Counter(
-        tuple(
-            gen.generate(PREFIX, max_new_tokens=LENGTH, gamma=gamma, generator=rng,
-                         temperature=params.temperature, top_k=params.top_k, top_p=params.top_p).token_ids
-        )
-        for _ in range(SAMPLES)
-    )
-    exact = exact_distribution(target, params)
+    counts: Counter = Counter()
+    for _ in range(SAMPLES):
+        res = gen.generate(prefix, max_new_tokens=LENGTH, gamma=gamma, generator=rng,
+                           temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        counts[tuple(res.token_ids)] += 1
+        if drafted is not None:
+            drafted.append(res.stats.drafted)
+    exact = exact_distribution(target, params, prefix)
     cells = [s for s, w in exact.items() if w > 0]
     assert set(counts) <= set(cells), "sampled a sequence the target gives probability 0"
     observed = [counts.get(s, 0) for s in cells]
@@ -70,6 +72,19 @@ def toy_pair() -> tuple[TableLM, TableLM]:
 def test_engine_samples_follow_target(params, gamma):
     target, draft = toy_pair()
     assert p_value(target, draft, params, gamma) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["ngram", "ngram+model-threshold"])
+def test_other_drafters_samples_follow_target(name):
+    """A prompt that repeats itself, so the n-gram lookup proposes; a threshold that ends some blocks."""
+    from specdecode.drafters import ModelDrafter, NgramDrafter, NgramThenModel
+
+    target, draft = toy_pair()
+    drafter = NgramDrafter(max_n=2) if name == "ngram" else NgramThenModel(
+        NgramDrafter(max_n=2), ModelDrafter(draft, threshold=0.6), min_match=2)
+    drafted: list[int] = []
+    assert p_value(target, drafter, SamplingParams(temperature=1.0), 3, [1, 2, 1, 2, 0, 1], drafted) > 1e-4
+    assert sum(drafted) > 0 and min(drafted) < max(drafted)  # proposals of varying length
 
 
 def test_broken_residual_is_detected(monkeypatch):

@@ -36,9 +36,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="built-in name, transformers id, local directory or .gguf path "
                      f"(default {DEFAULT_TARGET})")
     gen.add_argument("--draft", default=None,
-                     help=f"draft model (same forms) or 'none' for plain decoding (default {DEFAULT_DRAFT} "
+                     help="draft model (same forms), 'ngram' (prompt lookup), 'ngram+MODEL' (lookup, else "
+                     f"the model) or 'none' for plain decoding (default {DEFAULT_DRAFT} "
                      "with the built-in target, else none)")
-    gen.add_argument("--gamma", type=int, default=4, help="draft tokens per target call (default 4)")
+    gen.add_argument("--gamma", type=_gamma, default="auto",
+                     help="draft tokens per target call, or 'auto' (default: chosen per call from measured "
+                     "costs and the running acceptance rate, 0 = plain step)")
+    gen.add_argument("--gamma-max", type=int, default=8, help="largest gamma 'auto' may choose (default 8)")
+    gen.add_argument("--draft-threshold", type=float, default=0.0,
+                     help="a draft model stops proposing when its probability of the next token is below "
+                     "this (default 0: never)")
+    gen.add_argument("--ngram-max", type=int, default=3, help="longest n-gram the lookup matches (default 3)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -70,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts", default=None, help="prompt directory (default benchmarks/prompts)")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="default: each prompt's own")
     bench.add_argument("--gammas", type=_ints, default=None, help="greedy gamma sweep (default 1,2,3,4,6,8)")
-    bench.add_argument("--gamma", type=int, default=4, help="our default gamma (compared with the peers)")
+    bench.add_argument("--gamma", type=_gamma, default="auto",
+                       help="our default configuration's gamma, compared with the peers (default auto)")
+    bench.add_argument("--drafters", type=_names, default=["ngram", "ngram+model"],
+                       help="other drafters to run with gamma auto: ngram,ngram+model or 'none'")
     bench.add_argument("--temperatures", type=_floats, default=[0.0, 1.0])
     bench.add_argument("--top-p", type=float, default=0.95, help="top-p of the sampled passes")
     bench.add_argument("--rounds", type=int, default=1, help="repeats of each prompt (interleaved)")
@@ -93,6 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(BUILTINS)} or 'all'")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _gamma(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gamma is 'auto' or an integer, got {text!r}") from None
 
 
 def _ints(text: str) -> list[int]:
@@ -128,8 +148,8 @@ def _bench(args: argparse.Namespace) -> int:
         target=args.target, draft=args.draft, tasks=args.tasks, per_task=args.prompts_per_task,
         max_new_tokens=args.max_new_tokens, gammas=args.gammas, default_gamma=args.gamma,
         temperatures=args.temperatures, top_p=args.top_p, rounds=args.rounds, peers=args.peers,
-        assisted_ks=args.assisted_ks, out=args.out, prompts_dir=args.prompts, dtype=args.dtype,
-        seed=args.seed, quiet=args.quiet,
+        assisted_ks=args.assisted_ks, drafters=args.drafters, out=args.out, prompts_dir=args.prompts,
+        dtype=args.dtype, seed=args.seed, quiet=args.quiet,
     )
     settings = {k: v for k, v in settings.items() if v is not None}
     cfg = BenchConfig.quick_suite(**settings) if args.quick else BenchConfig(**settings)
@@ -169,9 +189,22 @@ def _draft_name(args: argparse.Namespace) -> str | None:
         return None
     if draft.lower() == "none":
         return None
-    if draft.lower().startswith("ngram"):
-        raise ValueError("the n-gram drafter is not available in this version: pass a draft model or 'none'")
     return draft
+
+
+def _drafter(args: argparse.Namespace, name: str | None) -> Any:
+    """None, a draft model, or an n-gram drafter (alone or in front of a model) for --draft."""
+    from .drafters import ModelDrafter, NgramDrafter, NgramThenModel
+
+    if name is None:
+        return None
+    head, _, rest = name.partition("+")
+    if head.lower() != "ngram":
+        return ModelDrafter(_load(args, name, "draft"), threshold=args.draft_threshold)
+    ngram = NgramDrafter(max_n=args.ngram_max)
+    if not rest:
+        return ngram
+    return NgramThenModel(ngram, ModelDrafter(_load(args, rest, "draft"), threshold=args.draft_threshold))
 
 
 def _load(args: argparse.Namespace, name: str, role: str) -> Any:
@@ -198,13 +231,14 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     draft_name = _draft_name(args)
     target = _load(args, args.target, "target")
-    draft = _load(args, draft_name, "draft") if draft_name else None
+    draft = _drafter(args, draft_name)
     gen = SpeculativeGenerator(target, draft)
     chat = not args.no_chat and bool(getattr(target.tokenizer, "chat_template", None))
     prompt_ids = gen.encode(prompt, chat=chat)
     settings: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, seed=args.seed, stop=args.stop,
+        top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, gamma_max=args.gamma_max, seed=args.seed,
+        stop=args.stop,
     )
     plain_gen = SpeculativeGenerator(target) if args.compare else None
     if plain_gen is not None:  # pay one-off kernel set-up before either timed run

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from . import acceptance
+from .drafters import DraftContext, Drafter, one_hot
+from .gamma import AutoGamma
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
 
@@ -26,7 +28,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Any) -> bool:
     """Whether `model.forward` takes `logits_to_keep` (cached on the model object)."""
     known = getattr(model, "_specdecode_trims", None)
     if known is None:
@@ -58,62 +60,56 @@ class DecodeLoop:
     def __init__(
         self,
         target: Any,
-        draft: Any | None,
+        drafter: Drafter | None,
         params: SamplingParams,
         gamma: int,
         generator: torch.Generator,
         eos_token_ids: set[int],
+        prompt_ids: list[int] | None = None,
+        policy: AutoGamma | None = None,
     ) -> None:
-        self.target, self.draft, self.params = target, draft, params
-        self.gamma = gamma if draft is not None else 0
+        self.target, self.drafter, self.params = target, drafter, params
+        self.gamma = gamma if drafter is not None else 0
         self.generator = generator
         self.eos = eos_token_ids
         self.device = torch.device(getattr(target, "device", "cpu"))
         self.vocab = int(target.vocab_size)
-        self._trim_target = _accepts_logits_to_keep(target)
-        self._trim_draft = draft is not None and _accepts_logits_to_keep(draft)
+        self.prompt_ids = prompt_ids
+        self.policy = policy if drafter is not None else None
+        self._trim_target = accepts_logits_to_keep(target)
         self.stats = GenerationStats(
             accepted_per_position=[0] * self.gamma, drafted_per_position=[0] * self.gamma
         )
 
-    def _draft_block(self, pending: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample `gamma` draft tokens; returns tokens [gamma] and the q they were drawn from [gamma, V]."""
-        draft, stats = self.draft, self.stats
+    def _propose(self, seq: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to `gamma` draft tokens [g] and the q they were drawn from [g, V]."""
+        assert self.drafter is not None
         start = time.perf_counter()
-        feed = torch.tensor([pending], dtype=torch.long, device=self.device)
-        tokens, qs = [], []
-        for i in range(gamma):
-            logits = _logits(draft, feed, 1, self._trim_draft).to(self.device)
-            stats.draft_calls += 1
-            stats.draft_tokens += feed.shape[1]
-            q = adjusted_probs(logits[:, : self.vocab], self.params)
-            if q.shape[-1] < self.vocab:  # draft head narrower than the target's: those ids get q = 0
-                q = torch.nn.functional.pad(q, (0, self.vocab - q.shape[-1]))
-            token = torch.multinomial(q, 1, generator=self.generator)
-            tokens.append(token)
-            qs.append(q)
-            if i + 1 < gamma:
-                feed = token.view(1, 1)
+        tokens, q = self.drafter.propose(seq, gamma)
+        tokens = tokens.to(self.device).view(-1)[:gamma]
+        q = one_hot(tokens, self.vocab) if q is None else q.to(self.device)[: tokens.shape[0]]
         _sync(self.device)
-        stats.draft_s += time.perf_counter() - start
-        return torch.cat(tokens).view(-1), torch.cat(qs)
+        self.stats.draft_s += time.perf_counter() - start
+        return tokens, q
 
     def _prefill(self, seq: list[int]) -> None:
-        """Feed both caches all but the last token of the prompt (timed apart from decoding)."""
+        """Feed the target all but the last token of the prompt and start the drafter (timed apart)."""
         start = time.perf_counter()
-        for model, trim, role in ((self.target, self._trim_target, "target"),
-                                  (self.draft, self._trim_draft, "draft")):
-            if model is None or (role == "draft" and self.gamma == 0) or len(seq) - model.length < 2:
-                continue
-            feed = seq[model.length : -1]
-            _logits(model, torch.tensor([feed], dtype=torch.long, device=self.device), 1, trim)
-            setattr(self.stats, f"{role}_tokens", getattr(self.stats, f"{role}_tokens") + len(feed))
+        if len(seq) - self.target.length >= 2:
+            feed = seq[self.target.length : -1]
+            _logits(self.target, torch.tensor([feed], dtype=torch.long, device=self.device), 1,
+                    self._trim_target)
+            self.stats.target_tokens += len(feed)
+        if self.drafter is not None and self.gamma > 0:
+            ctx = DraftContext(self.params, list(self.prompt_ids or seq), self.generator, self.vocab,
+                               self.device, self.stats)
+            self.drafter.begin(list(seq), ctx)
         _sync(self.device)
         self.stats.prefill_s = time.perf_counter() - start
 
     def run(self, sequence: list[int], max_new_tokens: int) -> Iterator[list[int]]:
         """Extend `sequence` (the tokens both caches must be fed) by at most `max_new_tokens` tokens."""
-        target, draft, stats = self.target, self.draft, self.stats
+        target, drafter, stats = self.target, self.drafter, self.stats
         seq = list(sequence)
         generated = 0
         beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -122,10 +118,13 @@ class DecodeLoop:
         try:
             self._prefill(seq)
             while generated < max_new_tokens:
-                gamma = min(self.gamma, max_new_tokens - generated - 1)
+                budget = max_new_tokens - generated
+                gamma = min(self.policy.choose(budget) if self.policy else self.gamma, self.gamma, budget - 1)
                 base = len(seq)
+                draft_s, draft_calls = stats.draft_s, stats.draft_calls
                 if gamma > 0:
-                    draft_tokens, q = self._draft_block(seq[draft.length :], gamma)
+                    draft_tokens, q = self._propose(seq, gamma)
+                    gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
                 else:
                     draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
                     q = torch.empty(0, self.vocab, device=self.device)
@@ -140,11 +139,18 @@ class DecodeLoop:
                 n_acc, nxt = acceptance.verify(
                     p.unsqueeze(0), q.unsqueeze(0), draft_tokens.unsqueeze(0), self.generator
                 )
+                beta_iter = None
                 if gamma > 0:
-                    beta_sum += acceptance.overlap(p[:gamma].double(), q.double()).sum()
+                    beta_iter = acceptance.overlap(p[:gamma].double(), q.double()).sum()
+                    beta_sum += beta_iter
                 # the one host sync of the iteration: accepted count, next token, draft tokens
                 host = torch.cat([n_acc, nxt, draft_tokens]).tolist()
-                stats.target_s += time.perf_counter() - start
+                target_s = time.perf_counter() - start
+                stats.target_s += target_s
+                if self.policy is not None:
+                    self.policy.observe(gamma, float(beta_iter) if beta_iter is not None else 0.0,
+                                        feed.shape[1], target_s, stats.draft_s - draft_s,
+                                        stats.draft_calls - draft_calls)
                 n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
 
                 stats.drafted += gamma
@@ -153,13 +159,13 @@ class DecodeLoop:
                     stats.drafted_per_position[i] += 1
                     stats.accepted_per_position[i] += int(i < n)
                 target.truncate(base + n)
-                if gamma > 0:
-                    draft.truncate(min(base + n, draft.length))
 
                 eos_at = next((i for i, t in enumerate(new) if t in self.eos), None)
                 if eos_at is not None:
                     new = new[: eos_at + 1]
                 seq.extend(new)
+                if drafter is not None and self.gamma > 0:
+                    drafter.commit(seq)
                 generated += len(new)
                 stats.new_tokens = generated
                 yield new
@@ -174,6 +180,8 @@ class DecodeLoop:
             stats.wall_s = time.perf_counter() - wall_start
             verified = sum(stats.drafted_per_position)
             stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0
+            if self.policy is not None:
+                stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
             stats.mean_tokens_per_target_call = (
                 stats.new_tokens / stats.target_calls if stats.target_calls else 0.0
             )

@@ -7,7 +7,10 @@ from typing import Any
 
 import torch
 
+from .costs import calibrate
+from .drafters import as_drafter, draft_models
 from .engine import DecodeLoop
+from .gamma import AutoGamma, CostModel
 from .models import as_model, check_pair
 from .results import GenerationResult, GenerationStats
 from .sampling import SamplingParams
@@ -50,14 +53,28 @@ class SpeculativeGenerator:
 
     def __init__(self, target: Any, draft: Any | None = None) -> None:
         self.target = as_model(target, role="target")
-        self.draft = as_model(draft, role="draft") if draft is not None else None
-        if self.draft is not None and self.draft is self.target:
-            raise ValueError(
-                "draft and target are the same adapter object, but each needs its own KV cache: "
-                "wrap the model twice (sd.wrap(model), sd.wrap(model)) to draft with the target itself"
-            )
-        if self.draft is not None:
-            check_pair(self.target, self.draft)
+        self.drafter = as_drafter(draft)
+        self._cost_models: dict[int, CostModel] = {}
+        for model in draft_models(self.drafter):
+            if model is self.target:
+                raise ValueError(
+                    "draft and target are the same adapter object, but each needs its own KV cache: "
+                    "wrap the model twice (sd.wrap(model), sd.wrap(model)) to draft with the target itself"
+                )
+            check_pair(self.target, model)
+
+    def _costs(self, gamma_max: int) -> CostModel:
+        """The measured costs auto-gamma works from (calibrated once per generator, cached on disk)."""
+        costs = self._cost_models.get(gamma_max)
+        if costs is None:
+            costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter, gamma_max)
+        return costs
+
+    @property
+    def draft(self) -> Any | None:
+        """The draft model, when the drafter has one."""
+        models = draft_models(self.drafter)
+        return models[0] if models else None
 
     @property
     def tokenizer(self) -> Any:
@@ -79,7 +96,8 @@ class SpeculativeGenerator:
         top_k: int = 0,
         top_p: float = 1.0,
         min_p: float = 0.0,
-        gamma: int = 4,
+        gamma: int | str = "auto",
+        gamma_max: int = 8,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         chat: bool = False,
@@ -91,12 +109,21 @@ class SpeculativeGenerator:
         prompt: a string (tokenised by the target's tokenizer; `chat=True` applies its chat template and
         also accepts a list of {"role", "content"} messages) or a list of token ids.
         temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable those filters. gamma is the number
-        of draft tokens per target call. seed (or a torch.Generator) makes sampling reproducible.
+        of draft tokens per target call, or "auto": chosen before each call, in 0..gamma_max, from the
+        measured costs and the running acceptance rate (see `specdecode.gamma`). seed (or a
+        torch.Generator) makes sampling reproducible.
         stop: strings that end generation (not included in the text). max_new_tokens is never exceeded.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-        if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
-            raise ValueError(f"gamma must be an integer >= 1 (draft tokens per target call), got {gamma!r}")
+        auto = gamma == "auto"
+        if auto:
+            if not isinstance(gamma_max, int) or isinstance(gamma_max, bool) or gamma_max < 1:
+                raise ValueError(f"gamma_max must be an integer >= 1, got {gamma_max!r}")
+            gamma = gamma_max
+        elif not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+            raise ValueError(
+                f"gamma must be 'auto' or an integer >= 1 (draft tokens per target call), got {gamma!r}"
+            )
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -109,6 +136,9 @@ class SpeculativeGenerator:
                 generator.seed()
             else:
                 generator.manual_seed(int(seed))
+        policy = None
+        if auto and self.drafter is not None:  # measures costs the first time: before the caches start
+            policy = AutoGamma(self._costs(int(gamma)), gamma_max=int(gamma))
         sequence = self._begin(prompt_ids)
         limit = getattr(self.target, "max_length", None)
         if limit is not None:
@@ -119,7 +149,7 @@ class SpeculativeGenerator:
                 )
             max_new_tokens = min(max_new_tokens, limit - len(sequence))
         eos = set(getattr(self.target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(self.target, self.draft, params, gamma, generator, eos)
+        loop = DecodeLoop(self.target, self.drafter, params, gamma, generator, eos, prompt_ids, policy)
         loop.stats.prompt_tokens = len(prompt_ids)
         stream = GenerationStream(iter(()))
         stream._pieces = self._pieces(loop, sequence, max_new_tokens, stops, tokens, stream)
@@ -187,22 +217,11 @@ class SpeculativeGenerator:
         return ids
 
     def _begin(self, prompt_ids: list[int]) -> list[int]:
-        """Reset both caches and return the sequence they will be fed."""
-        sequences = []
-        for model in (self.target, self.draft):
-            if model is None:
-                continue
-            if hasattr(model, "begin"):
-                sequences.append(list(model.begin(prompt_ids)))
-            else:
-                model.reset()
-                sequences.append(list(prompt_ids))
-        if len(sequences) == 2 and sequences[0] != sequences[1]:
-            raise ValueError(
-                "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
-                "decoder-only draft, or different decoder start tokens): use a draft of the same kind"
-            )
-        return sequences[0]
+        """Reset the target's cache; return the sequence it will be fed (the drafter starts in the loop)."""
+        if hasattr(self.target, "begin"):
+            return list(self.target.begin(prompt_ids))
+        self.target.reset()
+        return list(prompt_ids)
 
 
 def _is_messages(prompt: Any) -> bool:

@@ -37,6 +37,7 @@ class GenerationStats:
     draft_s: float = 0.0
     tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
+    gamma_histogram: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per gamma
     finish_reason: str = ""  # "stop" (EOS or stop string), "length" (budget) or "interrupted"
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +56,8 @@ class GenerationStats:
                 f"time target {self.target_s:.2f}s ({self._share(self.target_s)}) / "
                 f"draft {self.draft_s:.2f}s ({self._share(self.draft_s)})"
             )
+        if self.gamma_histogram:
+            line += ", gamma chosen " + " ".join(f"{g}:{n}" for g, n in self.gamma_histogram.items())
         return line
 
     def _share(self, seconds: float) -> str:

@@ -21,6 +21,14 @@ def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _histogram(runs: list[dict[str, Any]]) -> dict[int, int]:
+    total: dict[int, int] = defaultdict(int)
+    for r in runs:
+        for g, n in (r.get("gamma_histogram") or {}).items():
+            total[int(g)] += n
+    return dict(sorted(total.items()))
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Medians per temperature, configuration and task ("all" = the whole suite).
 
@@ -61,6 +69,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     "alpha": statistics.fmean(alphas) if alphas else None,
                     "tokens_per_target_call": statistics.fmean(calls) if calls else None,
                     "identical": sum(same) / len(same) if same else None, "margins": margins, "n": len(runs),
+                    "gamma_histogram": _histogram(runs),
                 }
         assisted = [c for c in configs if c.startswith("hf/assisted")]
         best_assisted = (max(assisted, key=lambda c: table[c]["all"]["tokens_per_s"] or 0)
@@ -78,7 +87,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                 vs[peer][task] = _median(ratio)
         prediction: dict[str, dict[str, dict[str, float | None]]] = {}
         for config in configs:
-            if not config.startswith("ours/model gamma="):
+            if not config.startswith("ours/model gamma=") or not config.split("=")[1].isdigit():
                 continue
             gamma = int(config.split("=")[1])
             prediction[config] = {}
@@ -151,6 +160,12 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
             rows = [[t] + [_fmt(s["table"][c][t]["alpha"], 3) for c in s["prediction"]] for t in tasks]
             parts += ["### Acceptance rate alpha per task", "",
                       _table(["task", *s["prediction"]], rows), ""]
+        auto = [c for c in s["configs"] if s["table"][c]["all"]["gamma_histogram"]]
+        if auto:
+            rows = [[c, t, " ".join(f"{g}:{n}" for g, n in s["table"][c][t]["gamma_histogram"].items())]
+                    for c in auto for t in tasks if s["table"][c][t]["gamma_histogram"]]
+            parts += ["### Gammas chosen by gamma=auto (target calls per gamma; 0 = plain step)", "",
+                      _table(["configuration", "task", "gamma:calls"], rows), ""]
         if float(temp) == 0:
             rows = []
             for c in s["configs"]:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compare import first_divergence
-from .costs import cost_curve
+from ..costs import cost_curve
 from .peers import HFRunner, LlamaCppRunner, OursRunner, Sampling, llama_cpp_available
 from .workload import BenchPrompt, load_prompts
 
@@ -33,7 +33,8 @@ class BenchConfig:
     per_task: int | None = None
     max_new_tokens: int | None = None  # None: each prompt's own
     gammas: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8])
-    default_gamma: int = 4
+    default_gamma: int | str = "auto"  # our default configuration, compared with the peers
+    drafters: list[str] = field(default_factory=lambda: ["ngram", "ngram+model"])  # also run, gamma auto
     temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
     top_p: float = 0.95
     rounds: int = 1
@@ -59,8 +60,14 @@ class BenchConfig:
     def validate(self) -> None:
         if not self.gammas or min(self.gammas) < 1:
             raise ValueError(f"gammas must be integers >= 1, got {self.gammas}")
-        if self.default_gamma < 1 or self.rounds < 1:
-            raise ValueError("default gamma and rounds must be >= 1")
+        bad_default = not isinstance(self.default_gamma, int) or self.default_gamma < 1
+        if self.default_gamma != "auto" and bad_default:
+            raise ValueError(f"the default gamma is 'auto' or an integer >= 1, got {self.default_gamma!r}")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        unknown_drafters = sorted(set(self.drafters) - {"ngram", "ngram+model"})
+        if unknown_drafters:
+            raise ValueError(f"unknown drafter(s) {unknown_drafters}: choose from ngram, ngram+model")
         unknown = sorted(set(self.peers) - set(PEERS))
         if unknown:
             raise ValueError(f"unknown peer(s) {unknown}: choose from {list(PEERS)}")
@@ -115,9 +122,18 @@ def _load_pair(cfg: BenchConfig) -> tuple[Any, Any, str | None]:
 def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampling: Sampling,
              skipped: list[str]) -> list[Any]:
     greedy = sampling.temperature == 0
+    from ..drafters import ModelDrafter, NgramDrafter, NgramThenModel
+
     runners: list[Any] = [OursRunner(target, None)]
-    gammas = cfg.gammas if greedy else [cfg.default_gamma]
-    runners += [OursRunner(target, draft, gamma=g) for g in sorted(set(gammas) | {cfg.default_gamma})]
+    gammas: list[int | str] = list(sorted(set(cfg.gammas))) if greedy else []
+    runners += [OursRunner(target, draft, gamma=g) for g in [*gammas, "auto"]]
+    if cfg.default_gamma not in [*gammas, "auto"]:
+        runners.append(OursRunner(target, draft, gamma=cfg.default_gamma))
+    if "ngram" in cfg.drafters:
+        runners.append(OursRunner(target, NgramDrafter(), gamma="auto", label="ngram"))
+    if "ngram+model" in cfg.drafters:
+        runners.append(OursRunner(target, NgramThenModel(NgramDrafter(), ModelDrafter(draft)), gamma="auto",
+                                  label="ngram+model"))
     if "hf" in cfg.peers:
         runners.append(HFRunner(target))
     if "assisted" in cfg.peers:
@@ -154,6 +170,7 @@ def _sample(prompt: BenchPrompt, sampling: Sampling, rnd: int, runner: Any, run:
         "accepted_per_position": stats.get("accepted_per_position"),
         "drafted_per_position": stats.get("drafted_per_position"),
         "target_s": stats.get("target_s"), "draft_s": stats.get("draft_s"), "token_ids": run.token_ids,
+        "gamma_histogram": stats.get("gamma_histogram") or None,
     }
 
 

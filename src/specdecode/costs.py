@@ -1,0 +1,68 @@
+"""Measured cost of a model call as a function of the number of new tokens it processes: T(k)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+
+@torch.inference_mode()
+def cost_curve(model: Any, ks: list[int], context: int = 64, repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one `forward` on k new tokens on top of `context` cached tokens, for each k.
+
+    The calls for different k are interleaved, repeat by repeat, so drifts in machine speed hit all alike.
+    """
+    n = context + max(ks)
+    ids = (torch.arange(100, 100 + n) % int(model.vocab_size)).view(1, -1).to(getattr(model, "device", "cpu"))
+    from .engine import accepts_logits_to_keep
+
+    trim = accepts_logits_to_keep(model)
+    model.reset()
+    model.forward(ids[:, :context])
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(repeats + 1):  # the first round warms up and is discarded
+        for k in ks:
+            model.truncate(context)
+            start = time.perf_counter()
+            feed = ids[:, context : context + k]
+            out = model.forward(feed, logits_to_keep=k) if trim else model.forward(feed)
+            out[0, -1, 0].item()  # waits for the device
+            times[k].append(time.perf_counter() - start)
+    model.reset()
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
+def draft_call_seconds(drafter: Any) -> float:
+    """Seconds of one draft call of `drafter`: its model's T(1), or a token lookup's (near) nothing."""
+    from .drafters import draft_models
+
+    models = draft_models(drafter)
+    return cost_curve(models[0], [1], context=16, repeats=2)[1] if models else 1e-5
+
+
+def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
+    """Measured T(k), k = 1..gamma_max+1, of the target and the drafter's call time, cached on disk per
+    (target, draft, dtype, device, machine) when the models have names."""
+    from .drafters import draft_models
+    from .gamma import CostModel, load_calibration, machine_key, save_calibration
+    from .registry import cache_root
+
+    draft_names = [getattr(m, "name", "") for m in draft_models(drafter)] or [drafter.name]
+    names = [getattr(target, "name", ""), *draft_names]
+    path = cache_root() / "calibration.json"
+    key = machine_key(*names, getattr(target, "dtype", ""), getattr(target, "device", ""), gamma_max)
+    # only models loaded from a path or id have a stable name; in-process ones are measured every time
+    named = all(isinstance(n, str) and ("/" in n or os.sep in n) for n in names if n not in ("ngram",))
+    if named:
+        cached = load_calibration(path, key)
+        if cached is not None and max(cached.target_s) >= gamma_max + 1:
+            return cached
+    costs = CostModel(cost_curve(target, list(range(1, gamma_max + 2)), context=32, repeats=2),
+                      draft_call_seconds(drafter))
+    if named:
+        save_calibration(path, key, costs)
+    return costs

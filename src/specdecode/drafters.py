@@ -1,0 +1,254 @@
+"""Drafters: where draft tokens come from. The engine asks for up to gamma tokens continuing the accepted
+sequence and the distribution q each was drawn from; whatever the drafter proposes, `verify` keeps the
+output distribution the target's (a deterministic proposal has a one-hot q).
+
+- `ModelDrafter`: a small causal LM with its own KV cache, optionally stopping early when its own
+  probability of the next token falls below a threshold.
+- `NgramDrafter`: prompt lookup; copies what followed the latest earlier occurrence of the longest
+  matching suffix (n = max_n..min_n) of the prompt and everything generated so far.
+- `NgramThenModel`: the n-gram proposal where a long enough match exists, else the model's.
+- `CallableDrafter`: any function `(sequence, gamma) -> tokens` or `-> (tokens, q)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .sampling import SamplingParams, adjusted_probs
+
+
+@dataclass
+class DraftContext:
+    """What a drafter needs from the running generation (set by the engine before the first call)."""
+
+    params: SamplingParams
+    prompt_ids: list[int]  # the prompt as given (encoder-decoder drafts encode it in begin)
+    generator: torch.Generator
+    vocab: int  # the target's logit width: q must have this many columns
+    device: torch.device
+    stats: Any  # GenerationStats: drafters add their calls and processed tokens
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """A source of draft tokens. `propose` may return fewer than gamma tokens (even none)."""
+
+    name: str
+
+    def begin(self, sequence: list[int], ctx: DraftContext) -> None:
+        """A new generation over `sequence` (the prompt as the target is fed it)."""
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Up to `gamma` tokens continuing `sequence` ([n] long) and their q ([n, vocab]; None: one-hot)."""
+
+    def commit(self, sequence: list[int]) -> None:
+        """`sequence` is what was accepted: forget anything proposed beyond it."""
+
+
+def one_hot(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """q of a deterministic proposal."""
+    q = torch.zeros(tokens.shape[0], vocab, device=tokens.device)
+    return q.scatter_(1, tokens.view(-1, 1), 1.0)
+
+
+class ModelDrafter:
+    """A draft `CausalLM`. `threshold`: end the block when the draft's probability of its most likely
+    next token is below it (dynamic lookahead; decided before sampling, so exactness is untouched);
+    0 never stops early."""
+
+    def __init__(self, model: Any, threshold: float = 0.0) -> None:
+        from .engine import accepts_logits_to_keep
+
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"draft threshold must be in [0, 1), got {threshold}")
+        self.model, self.threshold = model, threshold
+        self.name = "model"
+        self._trim = accepts_logits_to_keep(model)
+        self.ctx: DraftContext | None = None
+
+    def begin(self, sequence: list[int], ctx: DraftContext) -> None:
+        self.ctx = ctx
+        if hasattr(self.model, "begin"):
+            if list(self.model.begin(ctx.prompt_ids)) != list(sequence):
+                raise ValueError(
+                    "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
+                    "decoder-only draft, or different decoder start tokens): use a draft of the same kind"
+                )
+        else:
+            self.model.reset()
+        if len(sequence) > 1:  # prefill all but the last token, as the target is
+            self._forward(torch.tensor([sequence[:-1]], dtype=torch.long, device=ctx.device))
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        assert self.ctx is not None
+        out = self.model.forward(ids, logits_to_keep=1) if self._trim else self.model.forward(ids)
+        self.ctx.stats.draft_tokens += ids.shape[1]
+        return out[0, -1:]
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ctx = self.ctx
+        assert ctx is not None, "begin() first"
+        feed = torch.tensor([sequence[self.model.length :]], dtype=torch.long, device=ctx.device)
+        tokens, qs = [], []
+        for i in range(gamma):
+            logits = self._forward(feed).to(ctx.device)
+            ctx.stats.draft_calls += 1
+            q = adjusted_probs(logits[:, : ctx.vocab], ctx.params)
+            if self.threshold > 0 and self._confidence(logits, q) < self.threshold:
+                break  # decided from the prefix alone, before sampling: the proposal stays exactly q
+            if q.shape[-1] < ctx.vocab:  # draft head narrower than the target's: those ids get q = 0
+                q = torch.nn.functional.pad(q, (0, ctx.vocab - q.shape[-1]))
+            token = torch.multinomial(q, 1, generator=ctx.generator)
+            tokens.append(token)
+            qs.append(q)
+            if i + 1 < gamma:
+                feed = token.view(1, 1)
+        if not tokens:
+            empty = torch.empty(0, dtype=torch.long, device=ctx.device)
+            return empty, torch.empty(0, ctx.vocab, device=ctx.device)
+        return torch.cat(tokens).view(-1), torch.cat(qs)
+
+    def _confidence(self, logits: torch.Tensor, q: torch.Tensor) -> float:
+        """The draft's probability of its most likely next token (untempered softmax when greedy)."""
+        assert self.ctx is not None
+        if self.ctx.params.greedy:
+            return float(logits[:, : self.ctx.vocab].float().softmax(-1).max())
+        return float(q.max())
+
+    def commit(self, sequence: list[int]) -> None:
+        self.model.truncate(min(len(sequence) - 1, self.model.length))
+
+
+class NgramDrafter:
+    """Prompt lookup with an incremental index: each new token adds max_n entries, so a proposal costs
+    O(max_n) whatever the length of the text."""
+
+    def __init__(self, max_n: int = 3, min_n: int = 1) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"n-gram sizes need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+        self.max_n, self.min_n = max_n, min_n
+        self.name = "ngram"
+        self.ctx: DraftContext | None = None
+        self._index: list[dict[tuple[int, ...], int]] = []
+        self._seq: list[int] = []
+        self._indexed = 0
+
+    def begin(self, sequence: list[int], ctx: DraftContext | None = None) -> None:
+        self.ctx = ctx
+        self._index = [{} for _ in range(self.max_n + 1)]
+        self._seq, self._indexed = [], 0
+        self._extend(sequence)
+
+    def _extend(self, sequence: list[int]) -> None:
+        """Index every n-gram that has a token after it (latest occurrence wins)."""
+        seq = self._seq
+        seq.extend(sequence[len(seq) :])
+        for end in range(max(self._indexed, 1), len(seq)):  # the n-gram ending at `end` precedes seq[end]
+            for n in range(1, min(self.max_n, end) + 1):
+                self._index[n][tuple(seq[end - n : end])] = end
+        self._indexed = max(self._indexed, len(seq))
+
+    def match(self, sequence: list[int]) -> tuple[int, int]:
+        """(n, position) of the longest indexed suffix match of length >= min_n; (0, -1) when none."""
+        self._extend(sequence)
+        for n in range(min(self.max_n, len(sequence)), self.min_n - 1, -1):
+            pos = self._index[n].get(tuple(sequence[-n:]))
+            if pos is not None:
+                return n, pos
+        return 0, -1
+
+    def lookup(self, sequence: list[int], gamma: int) -> list[int]:
+        """The proposed continuation as token ids (empty when nothing matches)."""
+        n, pos = self.match(sequence)
+        return list(self._seq[pos : pos + gamma]) if n else []
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self.ctx.device if self.ctx else torch.device("cpu")
+        return torch.tensor(self.lookup(sequence, gamma), dtype=torch.long, device=device), None
+
+    def commit(self, sequence: list[int]) -> None:
+        self._extend(sequence)  # only accepted text is ever indexed
+
+
+class NgramThenModel:
+    """The n-gram proposal when a suffix match of at least `min_match` tokens exists, else the model's."""
+
+    def __init__(self, ngram: NgramDrafter, model: ModelDrafter, min_match: int = 2) -> None:
+        self.ngram, self.model, self.min_match = ngram, model, min_match
+        self.name = "ngram+model"
+
+    def begin(self, sequence: list[int], ctx: DraftContext) -> None:
+        self.ngram.begin(sequence, ctx)
+        self.model.begin(sequence, ctx)
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, _ = self.ngram.match(sequence)
+        if n >= self.min_match:
+            return self.ngram.propose(sequence, gamma)
+        return self.model.propose(sequence, gamma)
+
+    def commit(self, sequence: list[int]) -> None:
+        self.ngram.commit(sequence)
+        self.model.commit(sequence)
+
+
+class CallableDrafter:
+    """A user function as drafter: `fn(sequence, gamma)` returns token ids, or `(token_ids, q)` with q an
+    [n, vocab] tensor of the probabilities the tokens were drawn from (omit q for deterministic drafts)."""
+
+    def __init__(self, fn: Callable[[list[int], int], Any], name: str = "callable") -> None:
+        self.fn, self.name = fn, name
+        self.ctx: DraftContext | None = None
+
+    def begin(self, sequence: list[int], ctx: DraftContext) -> None:
+        self.ctx = ctx
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert self.ctx is not None
+        out = self.fn(list(sequence), gamma)
+        tokens, q = (out if isinstance(out, tuple) else (out, None))
+        ids = torch.as_tensor(list(tokens) if not isinstance(tokens, torch.Tensor) else tokens,
+                              dtype=torch.long, device=self.ctx.device).view(-1)[:gamma]
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.ctx.vocab):
+            raise ValueError(f"drafter {self.name!r} proposed token ids outside [0, {self.ctx.vocab})")
+        if q is not None:
+            q = torch.as_tensor(q, device=self.ctx.device)[: ids.numel()]
+            if q.shape != (ids.numel(), self.ctx.vocab):
+                raise ValueError(f"drafter {self.name!r} returned q of shape {tuple(q.shape)}; "
+                                 f"expected ({ids.numel()}, {self.ctx.vocab})")
+        return ids, q
+
+    def commit(self, sequence: list[int]) -> None:
+        pass
+
+
+def draft_models(drafter: Any) -> list[Any]:
+    """The models a drafter runs (none for token lookups and callables)."""
+    if isinstance(drafter, ModelDrafter):
+        return [drafter.model]
+    if isinstance(drafter, NgramThenModel):
+        return [drafter.model.model]
+    return []
+
+
+def as_drafter(draft: Any) -> Drafter | None:
+    """A drafter for what `SpeculativeGenerator` was given: None, a Drafter, a model or a callable."""
+    if draft is None or isinstance(draft, (ModelDrafter, NgramDrafter, NgramThenModel, CallableDrafter)):
+        return draft
+    from .models import as_model
+    from .protocol import CausalLM
+
+    if isinstance(draft, CausalLM) or hasattr(draft, "get_output_embeddings"):
+        return ModelDrafter(as_model(draft, role="draft"))
+    if isinstance(draft, Drafter):
+        return draft
+    if callable(draft):
+        return CallableDrafter(draft)
+    raise ValueError(
+        "draft must be None, a model (CausalLM or transformers), a Drafter or a callable; "
+        f"got {type(draft).__name__}"
+    )

@@ -1,0 +1,144 @@
+"""Drafters (n-gram index, n-gram + model, early stop, user callables) and automatic gamma."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import specdecode as sd
+from specdecode.drafters import CallableDrafter, ModelDrafter, NgramDrafter, NgramThenModel
+from specdecode.gamma import AutoGamma, CostModel, best_gamma
+from specdecode.toy import TableLM, random_table
+
+from .tiny_models import build, noisy_copy, reference_greedy
+
+
+def test_ngram_prefers_the_longest_match():
+    ng = NgramDrafter(max_n=3)
+    seq = [5, 1, 2, 3, 9, 2, 3, 7, 8, 1, 2, 3]
+    ng.begin(seq)
+    # suffix [1, 2, 3] occurred at 1..3 (followed by 9); [2, 3] alone also at 5..6 (followed by 7)
+    assert ng.match(seq) == (3, 4)
+    assert ng.lookup(seq, 3) == [9, 2, 3]
+
+
+def test_ngram_latest_occurrence_and_overlaps():
+    ng = NgramDrafter(max_n=2)
+    seq = [4, 4, 4, 4]  # overlapping occurrences of [4, 4]: the latest earlier one wins
+    ng.begin(seq)
+    assert ng.match(seq) == (2, 3) and ng.lookup(seq, 5) == [4]
+    seq2 = [1, 2, 7, 1, 2, 8, 1, 2]
+    ng.begin(seq2)
+    assert ng.lookup(seq2, 2) == [8, 1]
+
+
+def test_ngram_matches_generated_text_incrementally():
+    ng = NgramDrafter(max_n=2)
+    prompt = [10, 11, 12]
+    ng.begin(prompt)
+    assert ng.lookup(prompt, 4) == []  # nothing repeats yet
+    seq = prompt + [20, 21, 22, 20]
+    ng.commit(seq)  # generated text is indexed as it is accepted
+    assert ng.lookup(seq, 2) == [21, 22]
+    indexed = ng._indexed
+    seq += [21]
+    assert ng.lookup(seq, 3) == [22, 20, 21] and ng._indexed == indexed + 1  # one new position indexed
+
+
+def test_ngram_min_n_and_no_match():
+    ng = NgramDrafter(max_n=3, min_n=2)
+    seq = [1, 2, 3, 4, 3]
+    ng.begin(seq)
+    assert ng.match(seq) == (0, -1) and ng.lookup(seq, 4) == []  # only a 1-gram repeats
+    with pytest.raises(ValueError, match="min_n"):
+        NgramDrafter(max_n=1, min_n=2)
+
+
+def test_drafters_keep_greedy_output_exact():
+    target = build("llama")
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 3, 1, 4, 1, 5]
+    ref = reference_greedy(target, prompt, 40)
+    wrapped = sd.wrap(target)
+    draft_model = noisy_copy(target, 0.3)
+    drafters = {
+        "ngram": NgramDrafter(max_n=3),
+        "ngram+model": NgramThenModel(NgramDrafter(), ModelDrafter(sd.wrap(draft_model)), min_match=1),
+        "threshold": ModelDrafter(sd.wrap(draft_model), threshold=0.5),
+        "callable": lambda seq, g: [seq[-1]] * g,  # "repeat the last token": mostly wrong
+        "auto": ModelDrafter(sd.wrap(draft_model)),
+    }
+    for name, drafter in drafters.items():
+        gen = sd.SpeculativeGenerator(wrapped, drafter)
+        gamma = "auto" if name == "auto" else 4
+        res = gen.generate(prompt, max_new_tokens=40, gamma=gamma)
+        assert res.token_ids == ref, name
+        st = res.stats  # nothing recomputed: prefill, then one pending token plus the drafts per call
+        assert st.target_tokens == len(prompt) - 1 + st.target_calls + st.drafted, name
+    # the threshold drafter proposed fewer tokens than gamma at least once
+    res = sd.SpeculativeGenerator(wrapped, drafters["threshold"]).generate(prompt, max_new_tokens=40, gamma=4)
+    assert res.stats.drafted < 4 * res.stats.target_calls
+
+
+def test_callable_drafter_with_q_and_bad_output():
+    target = TableLM(random_table(5, 1, seed=3))
+
+    def uniform(seq, gamma):
+        return [0] * gamma, torch.full((gamma, 5), 0.2)
+
+    res = sd.SpeculativeGenerator(target, uniform).generate([1], max_new_tokens=8, gamma=3, seed=0,
+                                                            temperature=1.0)
+    assert len(res.token_ids) == 8 and res.stats.drafted > 0
+    with pytest.raises(ValueError, match="outside"):
+        sd.SpeculativeGenerator(target, lambda s, g: [99] * g).generate([1], max_new_tokens=4, gamma=2)
+    with pytest.raises(ValueError, match="shape"):
+        sd.SpeculativeGenerator(target, lambda s, g: ([0] * g, torch.ones(g, 3))).generate(
+            [1], max_new_tokens=4, gamma=2)
+    with pytest.raises(ValueError, match="threshold"):
+        ModelDrafter(target, threshold=1.5)
+    with pytest.raises(ValueError, match="draft must be"):
+        sd.SpeculativeGenerator(target, 42)
+    assert isinstance(sd.SpeculativeGenerator(target, uniform).drafter, CallableDrafter)
+
+
+def test_best_gamma_follows_the_cost_model():
+    flat = CostModel({k: 0.1 for k in range(1, 10)}, draft_s=0.001)
+    linear = CostModel({k: 0.1 * k for k in range(1, 10)}, draft_s=0.03)
+    assert best_gamma(0.0, flat, 8) == 0  # an always-wrong draft: never speculate
+    assert best_gamma(1.0, flat, 8) == 8  # always right and verification is free: the longest block
+    assert best_gamma(0.9, linear, 8) == 0  # T(k) ~ k: speculation cannot pay
+    assert 1 <= best_gamma(0.8, flat, 8) <= 8
+    assert linear.t(12) == pytest.approx(1.2)  # extrapolated beyond the measured k
+
+
+def test_auto_gamma_in_the_engine():
+    target = TableLM(random_table(4, 1, seed=1, sharpness=3.0))
+    flat = {k: 0.01 for k in range(1, 10)}
+    same = sd.SpeculativeGenerator(target, TableLM(target.table.clone()))
+    same._cost_models[8] = CostModel(dict(flat), 1e-4, frozen=True)
+    res = same.generate([1], max_new_tokens=60, gamma="auto")
+    hist = res.stats.gamma_histogram
+    assert max(hist, key=hist.get) == 8 and res.stats.acceptance_rate > 0.99
+
+    wrong_table = torch.full_like(target.table, 1e-6)
+    wrong_table.scatter_(-1, target.table.argmin(-1, keepdim=True), 1.0)  # mass where the target has least
+    wrong = sd.SpeculativeGenerator(target, TableLM(wrong_table))
+    wrong._cost_models[8] = CostModel(dict(flat), 5e-3, frozen=True)
+    res = wrong.generate([1], max_new_tokens=60, gamma="auto", temperature=0)
+    hist = res.stats.gamma_histogram
+    assert hist.get(0, 0) > 0.7 * sum(hist.values())  # mostly plain steps, with occasional probes
+    assert set(hist) <= {0, 1, 2, 3, 4, 5, 6, 7, 8}
+
+
+def test_auto_gamma_probes_while_idle():
+    policy = AutoGamma(CostModel({k: 0.1 * k for k in range(1, 10)}, 0.05), gamma_max=4, probe_every=4)
+    chosen = [policy.choose(budget=100) for _ in range(12)]
+    assert chosen.count(1) == 3 and chosen.count(0) == 9
+
+
+def test_gamma_validation():
+    target = TableLM(random_table(3, 1, seed=0))
+    gen = sd.SpeculativeGenerator(target, TableLM(random_table(3, 1, seed=1)))
+    with pytest.raises(ValueError, match="'auto' or an integer"):
+        gen.generate([1], gamma="fast")
+    with pytest.raises(ValueError, match="gamma_max"):
+        gen.generate([1], gamma="auto", gamma_max=0)
