@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .protocol import accepts_logits_to_keep, last_logits
+
 
 @torch.inference_mode()
 def cost_curve(model: Any, ks: list[int], context: int = 64, repeats: int = 3) -> dict[int, float]:
@@ -18,8 +20,6 @@ def cost_curve(model: Any, ks: list[int], context: int = 64, repeats: int = 3) -
     """
     n = context + max(ks)
     ids = (torch.arange(100, 100 + n) % int(model.vocab_size)).view(1, -1).to(getattr(model, "device", "cpu"))
-    from .engine import accepts_logits_to_keep
-
     trim = accepts_logits_to_keep(model)
     model.reset()
     model.forward(ids[:, :context])
@@ -29,8 +29,7 @@ def cost_curve(model: Any, ks: list[int], context: int = 64, repeats: int = 3) -
             model.truncate(context)
             start = time.perf_counter()
             feed = ids[:, context : context + k]
-            out = model.forward(feed, logits_to_keep=k) if trim else model.forward(feed)
-            out[0, -1, 0].item()  # waits for the device
+            last_logits(model, feed, k, trim)[-1, 0].item()  # .item() waits for the device
             times[k].append(time.perf_counter() - start)
     model.reset()
     return {k: statistics.median(v[1:]) for k, v in times.items()}

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .protocol import accepts_logits_to_keep, last_logits
 from .sampling import SamplingParams, adjusted_probs
 
 
@@ -61,8 +62,6 @@ class ModelDrafter:
     0 never stops early."""
 
     def __init__(self, model: Any, threshold: float = 0.0) -> None:
-        from .engine import accepts_logits_to_keep
-
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"draft threshold must be in [0, 1), got {threshold}")
         self.model, self.threshold = model, threshold
@@ -85,9 +84,8 @@ class ModelDrafter:
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.ctx is not None
-        out = self.model.forward(ids, logits_to_keep=1) if self._trim else self.model.forward(ids)
         self.ctx.stats.draft_tokens += ids.shape[1]
-        return out[0, -1:]
+        return last_logits(self.model, ids, 1, self._trim)
 
     def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         ctx = self.ctx

@@ -9,7 +9,6 @@ is the last one or two (a bonus token is fed together with the draft's next step
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from . import acceptance
 from .drafters import DraftContext, Drafter, one_hot
 from .gamma import AutoGamma
+from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
 
@@ -26,27 +26,6 @@ from .sampling import SamplingParams, adjusted_probs
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def accepts_logits_to_keep(model: Any) -> bool:
-    """Whether `model.forward` takes `logits_to_keep` (cached on the model object)."""
-    known = getattr(model, "_specdecode_trims", None)
-    if known is None:
-        try:
-            known = "logits_to_keep" in inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            known = False
-        try:
-            model._specdecode_trims = known
-        except AttributeError:
-            pass
-    return known
-
-
-def _logits(model: Any, ids: torch.Tensor, keep: int, trim: bool) -> torch.Tensor:
-    """Last `keep` rows of the model's logits for `ids` [1, T], as [keep, V]."""
-    out = model.forward(ids, logits_to_keep=keep) if trim else model.forward(ids)
-    return out[0, -keep:]
 
 
 class DecodeLoop:
@@ -97,7 +76,7 @@ class DecodeLoop:
         start = time.perf_counter()
         if len(seq) - self.target.length >= 2:
             feed = seq[self.target.length : -1]
-            _logits(self.target, torch.tensor([feed], dtype=torch.long, device=self.device), 1,
+            last_logits(self.target, torch.tensor([feed], dtype=torch.long, device=self.device), 1,
                     self._trim_target)
             self.stats.target_tokens += len(feed)
         if self.drafter is not None and self.gamma > 0:
@@ -132,7 +111,7 @@ class DecodeLoop:
                 start = time.perf_counter()
                 pending = torch.tensor(seq[target.length :], dtype=torch.long, device=self.device)
                 feed = torch.cat([pending, draft_tokens]).view(1, -1)
-                logits = _logits(target, feed, gamma + 1, self._trim_target).to(self.device)
+                logits = last_logits(target, feed, gamma + 1, self._trim_target).to(self.device)
                 p = adjusted_probs(logits, self.params)
                 stats.target_calls += 1
                 stats.target_tokens += feed.shape[1]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import inspect
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -30,3 +31,24 @@ class CausalLM(Protocol):
     def truncate(self, length: int) -> None: ...
 
     def reset(self) -> None: ...
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (cached on the model object)."""
+    known = getattr(model, "_specdecode_trims", None)
+    if known is None:
+        try:
+            known = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            known = False
+        try:
+            model._specdecode_trims = known
+        except AttributeError:
+            pass
+    return known
+
+
+def last_logits(model: Any, ids: torch.Tensor, keep: int, trim: bool) -> torch.Tensor:
+    """Last `keep` rows of the model's logits for `ids` [1, T], as [keep, V]."""
+    out = model.forward(ids, logits_to_keep=keep) if trim else model.forward(ids)
+    return out[0, -keep:]

@@ -182,6 +182,17 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _save(fig: Any, ax: Any, path: Path) -> str:
+    """Add the legend, write the figure as PNG, free it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
 def plot(results: dict[str, Any], summary: dict[str, Any], out: Path) -> list[str]:
     """PNG plots; returns the file names written (none when matplotlib is missing)."""
     try:
@@ -203,11 +214,7 @@ def plot(results: dict[str, Any], summary: dict[str, Any], out: Path) -> list[st
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="gamma (draft tokens per target call)", ylabel="speedup over plain decoding",
                title="Speedup vs gamma per task (greedy)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "speedup_vs_gamma.png", dpi=120)
-        written.append("speedup_vs_gamma.png")
-        plt.close(fig)
+        written.append(_save(fig, ax, out / "speedup_vs_gamma.png"))
 
         default = greedy["default"]
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -216,11 +223,7 @@ def plot(results: dict[str, Any], summary: dict[str, Any], out: Path) -> list[st
         ax.axhspan(*PAPER_ALPHA_RANGE, color="tab:orange", alpha=0.2, label="paper, model drafts (Table 3)")
         ax.set(ylim=(0, 1), ylabel="alpha", title=f"Acceptance rate per task ({default}, greedy)")
         ax.tick_params(axis="x", rotation=30)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "alpha_per_task.png", dpi=120)
-        written.append("alpha_per_task.png")
-        plt.close(fig)
+        written.append(_save(fig, ax, out / "alpha_per_task.png"))
 
         fig, ax = plt.subplots(figsize=(5.5, 5))
         points = [(p["general"], p["measured"], p["thm38"]) for c in gamma_cfgs
@@ -232,11 +235,7 @@ def plot(results: dict[str, Any], summary: dict[str, Any], out: Path) -> list[st
             ax.plot([0, hi], [0, hi], color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="predicted speedup", ylabel="measured speedup",
                title="Predicted vs measured (per task and gamma)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "predicted_vs_measured.png", dpi=120)
-        written.append("predicted_vs_measured.png")
-        plt.close(fig)
+        written.append(_save(fig, ax, out / "predicted_vs_measured.png"))
     return written
 
 

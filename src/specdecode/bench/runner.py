@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -242,6 +241,3 @@ def run_bench(cfg: BenchConfig) -> Path:
     say(f"results in {out}")
     return out
 
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
