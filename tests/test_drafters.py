@@ -129,10 +129,35 @@ def test_auto_gamma_in_the_engine():
     assert set(hist) <= {0, 1, 2, 3, 4, 5, 6, 7, 8}
 
 
-def test_auto_gamma_probes_while_idle():
-    policy = AutoGamma(CostModel({k: 0.1 * k for k in range(1, 10)}, 0.05), gamma_max=4, probe_every=4)
-    chosen = [policy.choose(budget=100) for _ in range(12)]
-    assert chosen.count(1) == 3 and chosen.count(0) == 9
+def test_auto_gamma_probes_while_idle_and_backs_off():
+    policy = AutoGamma(CostModel({k: 0.1 for k in range(1, 10)}, 0.05), gamma_max=4, probe_every=4)
+    policy.alphas["model"] = 0.0  # so far always wrong: plain steps, but a perfect draft would pay
+    chosen = [policy.choose(budget=100) for _ in range(28)]
+    probes = [i for i, g in enumerate(chosen) if g]
+    assert probes == [3, 11, 27]  # waits 4, then 8, then 16 plain steps: each probe said "plain"
+    assert set(chosen) == {0, 1}
+
+
+def test_auto_gamma_never_probes_a_draft_that_cannot_pay():
+    linear = CostModel({k: 0.1 * k for k in range(1, 10)}, 0.05)  # T(k) ~ k: even alpha = 1 loses
+    policy = AutoGamma(linear, gamma_max=4, probe_every=2)
+    assert not policy.worth_probing("model")
+    assert [policy.choose(budget=100) for _ in range(20)] == [0] * 20
+    # the same target with a free n-gram lookup: 2 tokens for 0.2 s beats 1 for 0.1 s? no (linear T)
+    assert not policy.worth_probing("ngram")
+    cheap_verify = CostModel({1: 0.1, 2: 0.12, 3: 0.14, 4: 0.16, 5: 0.18}, 0.05)
+    assert AutoGamma(cheap_verify, gamma_max=4).worth_probing("ngram")
+
+
+def test_auto_gamma_tracks_alpha_per_source():
+    flat = CostModel({k: 0.1 for k in range(1, 10)}, 0.03)
+    policy = AutoGamma(flat, gamma_max=8)
+    for _ in range(20):
+        policy.observe("ngram", 4, 4.0, 5, 0.1, 0.0, 0)  # lookups always right
+        policy.observe("model", 4, 0.0, 5, 0.1, 0.12, 4)  # the model always wrong
+    assert policy.alphas["ngram"] > 0.95 and policy.alphas["model"] < 0.05
+    assert policy.choose(100, "ngram") == 8 and policy.choose(100, "model") == 0
+    assert policy.histogram[4] == 40
 
 
 def test_gamma_validation():

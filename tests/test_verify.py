@@ -75,3 +75,22 @@ def test_acceptance_frequency_matches_ratio():
 def test_shape_errors_are_specific():
     with pytest.raises(ValueError, match="gamma"):
         verify(torch.rand(1, 3, 4), torch.rand(1, 3, 4), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_greedy_verify_equals_the_general_rule_for_any_q():
+    from specdecode.acceptance import verify_greedy
+
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(200):
+        batch, gamma, vocab = 3, trial % 5, 6
+        best = torch.randint(0, vocab, (batch, gamma + 1), generator=gen)
+        p = torch.nn.functional.one_hot(best, vocab).float()
+        q = torch.rand(batch, gamma, vocab, generator=gen) ** 4
+        q = q / q.sum(-1, keepdim=True)
+        # drafts that often agree with the target, drawn from q where they do not
+        drawn = torch.multinomial(q.view(-1, vocab), 1, generator=gen).view(batch, gamma)
+        agree = torch.rand(batch, gamma, generator=gen) < 0.6
+        draft = torch.where(agree, best[:, :gamma], drawn)
+        n_fast, next_fast = verify_greedy(best, draft)
+        n, nxt = verify(p, q, draft, gen)
+        assert torch.equal(n_fast, n) and torch.equal(next_fast, nxt)

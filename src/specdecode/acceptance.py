@@ -67,3 +67,16 @@ def verify(
     next_dist = residual(p[rows, n_accepted], q_padded[rows, n_accepted])
     next_token = torch.multinomial(next_dist, 1, generator=generator).squeeze(-1)
     return n_accepted, next_token
+
+
+def verify_greedy(best: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`verify` for a greedy target, whose p is one-hot at `best` [B, gamma+1] (its argmax per position).
+
+    For any q, min(1, p(x)/q(x)) is 1 for x = best and 0 otherwise, and the residual after a rejection
+    is one-hot at best; so a draft token is accepted iff it equals the target's argmax, and the next
+    token is the argmax after the accepted prefix. Same result as `verify`, without the vocabulary-wide
+    tensors or any randomness.
+    """
+    gamma = draft_tokens.shape[1]
+    n_accepted = (draft_tokens == best[:, :gamma]).long().cumprod(-1).sum(-1)
+    return n_accepted, best.gather(1, n_accepted.view(-1, 1)).squeeze(-1)

@@ -95,30 +95,38 @@ class ModelDrafter:
         for i in range(gamma):
             logits = self._forward(feed).to(ctx.device)
             ctx.stats.draft_calls += 1
-            q = adjusted_probs(logits[:, : ctx.vocab], ctx.params)
+            greedy = ctx.params.greedy
+            q = None if greedy else adjusted_probs(logits[:, : ctx.vocab], ctx.params)
             if self.threshold > 0 and self._confidence(logits, q) < self.threshold:
                 break  # decided from the prefix alone, before sampling: the proposal stays exactly q
-            if q.shape[-1] < ctx.vocab:  # draft head narrower than the target's: those ids get q = 0
-                q = torch.nn.functional.pad(q, (0, ctx.vocab - q.shape[-1]))
-            token = torch.multinomial(q, 1, generator=ctx.generator)
+            if greedy:  # q is one-hot at the argmax: no vocabulary-wide sampling needed
+                token = logits[:, : ctx.vocab].argmax(-1, keepdim=True)
+            else:
+                assert q is not None
+                if q.shape[-1] < ctx.vocab:  # draft head narrower than the target's: those ids get q = 0
+                    q = torch.nn.functional.pad(q, (0, ctx.vocab - q.shape[-1]))
+                token = torch.multinomial(q, 1, generator=ctx.generator)
+                qs.append(q)
             tokens.append(token)
-            qs.append(q)
             if i + 1 < gamma:
                 feed = token.view(1, 1)
         if not tokens:
             empty = torch.empty(0, dtype=torch.long, device=ctx.device)
             return empty, torch.empty(0, ctx.vocab, device=ctx.device)
-        return torch.cat(tokens).view(-1), torch.cat(qs)
+        return torch.cat(tokens).view(-1), (torch.cat(qs) if qs else None)
 
-    def _confidence(self, logits: torch.Tensor, q: torch.Tensor) -> float:
+    def _confidence(self, logits: torch.Tensor, q: torch.Tensor | None) -> float:
         """The draft's probability of its most likely next token (untempered softmax when greedy)."""
         assert self.ctx is not None
-        if self.ctx.params.greedy:
+        if q is None:
             return float(logits[:, : self.ctx.vocab].float().softmax(-1).max())
         return float(q.max())
 
     def commit(self, sequence: list[int]) -> None:
         self.model.truncate(min(len(sequence) - 1, self.model.length))
+
+    def source(self, sequence: list[int]) -> str:
+        return "model"
 
 
 class NgramDrafter:
@@ -171,6 +179,9 @@ class NgramDrafter:
     def commit(self, sequence: list[int]) -> None:
         self._extend(sequence)  # only accepted text is ever indexed
 
+    def source(self, sequence: list[int]) -> str:
+        return "ngram"
+
 
 class NgramThenModel:
     """The n-gram proposal when a suffix match of at least `min_match` tokens exists, else the model's."""
@@ -183,9 +194,13 @@ class NgramThenModel:
         self.ngram.begin(sequence, ctx)
         self.model.begin(sequence, ctx)
 
-    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def source(self, sequence: list[int]) -> str:
+        """"ngram" when the next proposal is a lookup, else "model" (auto-gamma tracks them apart)."""
         n, _ = self.ngram.match(sequence)
-        if n >= self.min_match:
+        return "ngram" if n >= self.min_match else "model"
+
+    def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.source(sequence) == "ngram":
             return self.ngram.propose(sequence, gamma)
         return self.model.propose(sequence, gamma)
 

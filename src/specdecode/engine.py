@@ -60,16 +60,39 @@ class DecodeLoop:
             accepted_per_position=[0] * self.gamma, drafted_per_position=[0] * self.gamma
         )
 
-    def _propose(self, seq: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Up to `gamma` draft tokens [g] and the q they were drawn from [g, V]."""
+    def _propose(self, seq: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Up to `gamma` draft tokens [g] and the q they were drawn from [g, V] (None: one-hot)."""
         assert self.drafter is not None
         start = time.perf_counter()
         tokens, q = self.drafter.propose(seq, gamma)
         tokens = tokens.to(self.device).view(-1)[:gamma]
-        q = one_hot(tokens, self.vocab) if q is None else q.to(self.device)[: tokens.shape[0]]
+        q = None if q is None else q.to(self.device)[: tokens.shape[0]]
         _sync(self.device)
         self.stats.draft_s += time.perf_counter() - start
         return tokens, q
+
+    def _source(self, seq: list[int]) -> str:
+        """Which kind of draft the next proposal comes from ("model", "ngram", ...)."""
+        drafter = self.drafter
+        if drafter is None:
+            return ""
+        return drafter.source(seq) if hasattr(drafter, "source") else getattr(drafter, "name", "draft")
+
+    def _verify(self, logits: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Accepted count [1], next token [1] and the summed overlap sum(min(p, q)) of the draft positions."""
+        gamma = draft_tokens.shape[0]
+        if self.params.greedy:  # p is one-hot at the argmax: no vocabulary-wide tensors needed
+            best = logits.float().argmax(-1)
+            n_acc, nxt = acceptance.verify_greedy(best.unsqueeze(0), draft_tokens.unsqueeze(0))
+            hits = best[:gamma].view(-1, 1)
+            beta = (draft_tokens == best[:gamma]).double() if q is None else q.gather(1, hits).double()
+            return n_acc, nxt, beta.sum()
+        p = adjusted_probs(logits, self.params)
+        q = one_hot(draft_tokens, self.vocab) if q is None else q
+        n_acc, nxt = acceptance.verify(p.unsqueeze(0), q.unsqueeze(0), draft_tokens.unsqueeze(0),
+                                       self.generator)
+        return n_acc, nxt, acceptance.overlap(p[:gamma].double(), q.double()).sum()
 
     def _prefill(self, seq: list[int]) -> None:
         """Feed the target all but the last token of the prompt and start the drafter (timed apart)."""
@@ -98,38 +121,33 @@ class DecodeLoop:
             self._prefill(seq)
             while generated < max_new_tokens:
                 budget = max_new_tokens - generated
-                gamma = min(self.policy.choose(budget) if self.policy else self.gamma, self.gamma, budget - 1)
+                source = self._source(seq)
+                chosen = self.policy.choose(budget, source) if self.policy else self.gamma
+                gamma = min(chosen, self.gamma, budget - 1)
                 base = len(seq)
                 draft_s, draft_calls = stats.draft_s, stats.draft_calls
+                q = None
                 if gamma > 0:
                     draft_tokens, q = self._propose(seq, gamma)
                     gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
                 else:
                     draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
-                    q = torch.empty(0, self.vocab, device=self.device)
 
                 start = time.perf_counter()
                 pending = torch.tensor(seq[target.length :], dtype=torch.long, device=self.device)
                 feed = torch.cat([pending, draft_tokens]).view(1, -1)
                 logits = last_logits(target, feed, gamma + 1, self._trim_target).to(self.device)
-                p = adjusted_probs(logits, self.params)
                 stats.target_calls += 1
                 stats.target_tokens += feed.shape[1]
-                n_acc, nxt = acceptance.verify(
-                    p.unsqueeze(0), q.unsqueeze(0), draft_tokens.unsqueeze(0), self.generator
-                )
-                beta_iter = None
-                if gamma > 0:
-                    beta_iter = acceptance.overlap(p[:gamma].double(), q.double()).sum()
-                    beta_sum += beta_iter
+                n_acc, nxt, beta_iter = self._verify(logits, q, draft_tokens)
+                beta_sum += beta_iter
                 # the one host sync of the iteration: accepted count, next token, draft tokens
                 host = torch.cat([n_acc, nxt, draft_tokens]).tolist()
                 target_s = time.perf_counter() - start
                 stats.target_s += target_s
                 if self.policy is not None:
-                    self.policy.observe(gamma, float(beta_iter) if beta_iter is not None else 0.0,
-                                        feed.shape[1], target_s, stats.draft_s - draft_s,
-                                        stats.draft_calls - draft_calls)
+                    self.policy.observe(source, gamma, float(beta_iter), feed.shape[1], target_s,
+                                        stats.draft_s - draft_s, stats.draft_calls - draft_calls)
                 n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
 
                 stats.drafted += gamma

@@ -2,8 +2,9 @@
 
 Auto picks, before each iteration, the gamma in 0..gamma_max that maximises expected tokens per second,
 E(alpha, gamma) / (gamma * T_draft + T(gamma + 1)) (the general form in ../shared/PAPER.md); gamma 0 is
-a plain step, 1 / T(1). While it chooses 0 it still probes gamma = 1 every `probe_every` iterations so
-that an easy stretch later on is noticed. Observed call times refine the measured costs as it goes.
+a plain step, 1 / T(1). While it chooses 0 it still probes gamma = 1 now and then (less and less often
+while probes keep saying "plain") so that an easy stretch later on is noticed. Observed call times
+refine the measured costs as it goes.
 """
 
 from __future__ import annotations
@@ -49,43 +50,79 @@ class CostModel:
             self.draft_s = (1 - weight) * self.draft_s + weight * seconds_per_call
 
 
-def best_gamma(alpha: float, costs: CostModel, gamma_max: int) -> int:
+LOOKUP_S = 1e-5  # a token lookup (n-gram source) costs next to nothing next to a model call
+
+
+def rate(alpha: float, gamma: int, costs: CostModel, draft_s: float | None = None) -> float:
+    """Expected tokens per second of one iteration with `gamma` draft tokens."""
+    d = costs.draft_s if draft_s is None else draft_s
+    return expected_tokens(min(max(alpha, 0.0), 1.0), gamma) / (gamma * d + costs.t(gamma + 1))
+
+
+def best_gamma(alpha: float, costs: CostModel, gamma_max: int, draft_s: float | None = None) -> int:
     """argmax over 0..gamma_max of expected tokens per second."""
-    alpha = min(max(alpha, 0.0), 1.0)
-
-    def rate(g: int) -> float:
-        return expected_tokens(alpha, g) / (g * costs.draft_s + costs.t(g + 1))
-
-    return max(range(gamma_max + 1), key=rate)
+    return max(range(gamma_max + 1), key=lambda g: rate(alpha, g, costs, draft_s))
 
 
 @dataclass
 class AutoGamma:
-    """The per-generation gamma policy of `gamma="auto"`."""
+    """The per-generation gamma policy of `gamma="auto"`.
+
+    Keeps a running alpha per draft source ("model", "ngram", ...), since an n-gram hit and a model
+    guess are right at very different rates and cost very different amounts. While the best choice is
+    a plain step it probes gamma = 1 now and then, backing off (doubling the wait) after each probe
+    that did not change its mind; it never probes a source that could not beat plain decoding by
+    `min_gain` even if every draft token were accepted (probes and a lagging draft's catch-up cost
+    more than such a source could ever return).
+    """
 
     costs: CostModel
     gamma_max: int = 8
-    alpha: float = 0.6  # prior until the first verified position
+    alpha: float = 0.6  # prior until a source's first verified position
     decay: float = 0.8  # weight of the past in the running alpha
     probe_every: int = 8
+    max_probe_every: int = 256
+    min_gain: float = 0.1
     histogram: Counter = field(default_factory=Counter)
+    alphas: dict[str, float] = field(default_factory=dict)
     _idle: int = 0
+    _wait: int = 0
+    _worth: dict[str, bool] = field(default_factory=dict)
 
-    def choose(self, budget: int) -> int:
-        g = min(best_gamma(self.alpha, self.costs, self.gamma_max), max(budget - 1, 0))
-        if g == 0 and budget > 1:
+    def draft_s(self, source: str) -> float:
+        return LOOKUP_S if source == "ngram" else self.costs.draft_s
+
+    def worth_probing(self, source: str) -> bool:
+        """Could a perfect draft from `source` beat plain decoding by at least `min_gain`? (decided once)"""
+        if source not in self._worth:
+            d = self.draft_s(source)
+            best = max(rate(1.0, g, self.costs, d) for g in range(1, self.gamma_max + 1))
+            self._worth[source] = best >= (1 + self.min_gain) * rate(1.0, 0, self.costs, d)
+        return self._worth[source]
+
+    def choose(self, budget: int, source: str = "model") -> int:
+        """The number of draft tokens for the next iteration (0: a plain step)."""
+        alpha = self.alphas.get(source, self.alpha)
+        g = min(best_gamma(alpha, self.costs, self.gamma_max, self.draft_s(source)), max(budget - 1, 0))
+        if g > 0:
+            self._wait = self.probe_every
+        elif budget > 1 and self.worth_probing(source):
             self._idle += 1
-            if self._idle >= self.probe_every:
+            self._wait = self._wait or self.probe_every
+            if self._idle >= self._wait:
                 self._idle, g = 0, 1
-        self.histogram[g] += 1
+                self._wait = min(2 * self._wait, self.max_probe_every)
         return g
 
-    def observe(self, proposed: int, beta_sum: float, target_k: int, target_s: float, draft_s: float,
-                draft_calls: int) -> None:
+    def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float,
+                draft_s: float, draft_calls: int) -> None:
+        """One finished iteration: what was proposed and verified, and what it cost."""
+        self.histogram[proposed] += 1
         if proposed:
-            self.alpha = self.decay * self.alpha + (1 - self.decay) * beta_sum / proposed
+            old = self.alphas.get(source, self.alpha)
+            self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
         self.costs.observe_target(target_k, target_s)
-        if draft_calls:
+        if draft_calls and source != "ngram":
             self.costs.observe_draft(draft_s / draft_calls)
 
 

@@ -107,6 +107,40 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+AUTO, NGRAM, NGRAM_MODEL = "ours/model gamma=auto", "ours/ngram gamma=auto", "ours/ngram+model gamma=auto"
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def drafter_targets(summary: dict[str, Any]) -> list[list[str]]:
+    """Rows checking issue 5's targets per temperature and task: auto >= 0.97x plain, auto within 5% of
+    the best fixed gamma, ngram+model >= the better of ngram and model, ngram >= 2x plain on editing."""
+    rows = []
+    for temp, s in summary.items():
+        fixed = [c for c in s["configs"] if c.startswith("ours/model gamma=") and c.split("=")[1].isdigit()]
+        for task in [*s["tasks"], "all"]:
+            speed = {c: s["table"][c][task]["speedup"] for c in s["table"]}
+            auto, ngram, both = speed.get(AUTO), speed.get(NGRAM), speed.get(NGRAM_MODEL)
+            editing = "edit" in task
+            best = max(fixed, key=lambda c: speed[c] or 0.0, default=None)
+            best_speed = max(speed[best] or 0.0, 1.0) if best else None  # plain (gamma 0) is a choice too
+            best_name = best.split("=")[1] if best and (speed[best] or 0.0) > 1.0 else "plain"
+            better = max((x for x in (ngram, auto) if x is not None), default=None)
+            rows.append([
+                temp, task,
+                f"{_fmt(auto)}x {_mark(auto >= 0.97)}" if auto else "-",
+                f"{best_name} ({_fmt(best_speed)}x)" if best_speed else "-",
+                f"{_fmt(auto / best_speed)} {_mark(auto / best_speed >= 0.95)}"
+                if auto and best_speed else "-",
+                (f"{_fmt(ngram)}x" + (f" {_mark(ngram >= 2.0)}" if editing else "")) if ngram else "-",
+                (f"{_fmt(both)}x" + (f" {_mark(both >= better)}" if editing and better else ""))
+                if both else "-",
+            ])
+    return rows
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -134,6 +168,17 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
         "median over prompts of a configuration's tokens/s divided by our plain decoding's tokens/s on the "
         "same prompt, measured back to back in one process.", "",
     ]
+    targets = drafter_targets(summary)
+    if any(r[2] != "-" for r in targets):
+        parts += [
+            "## Drafters and gamma=auto against their targets", "",
+            "Speedups over our plain decoding (median per-prompt ratios of decoding tokens/s). Targets: "
+            "auto >= 0.97x plain everywhere; auto >= 0.95 of the best fixed choice (a gamma of the model "
+            "draft, or plain); on editing, n-gram >= 2x plain and ngram+model >= the better of ngram and "
+            "model (auto).",
+            "", _table(["temperature", "task", "model, auto", "best fixed gamma", "auto / best fixed",
+                        "ngram, auto", "ngram+model, auto"], targets), "",
+        ]
     for temp, s in summary.items():
         tasks = [*s["tasks"], "all"]
         label = "greedy (temperature 0)" if float(temp) == 0 else f"temperature {temp}"
