@@ -79,8 +79,8 @@ class ModelDrafter:
                 )
         else:
             self.model.reset()
-        if len(sequence) > 1:  # prefill all but the last token, as the target is
-            self._forward(torch.tensor([sequence[:-1]], dtype=torch.long, device=ctx.device))
+        # no prefill here: the first proposal feeds whatever the cache lacks, so a generation where
+        # gamma=auto never drafts never pays for the draft's prompt
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.ctx is not None
