@@ -72,8 +72,8 @@ class AutoGamma:
     guess are right at very different rates and cost very different amounts. While the best choice is
     a plain step it probes gamma = 1 now and then, backing off (doubling the wait) after each probe
     that did not change its mind; it never probes a source that could not beat plain decoding by
-    `min_gain` even if every draft token were accepted (probes and a lagging draft's catch-up cost
-    more than such a source could ever return).
+    `min_gain` even at alpha = `alpha_ceiling` (probes, and a lagging draft model catching up on the
+    text it skipped, cost more than such a source could ever return).
     """
 
     costs: CostModel
@@ -83,6 +83,7 @@ class AutoGamma:
     probe_every: int = 8
     max_probe_every: int = 256
     min_gain: float = 0.1
+    alpha_ceiling: float = 0.95  # about the best a separate draft model reaches (bf16 twins: ~0.97)
     histogram: Counter = field(default_factory=Counter)
     alphas: dict[str, float] = field(default_factory=dict)
     _idle: int = 0
@@ -93,11 +94,12 @@ class AutoGamma:
         return LOOKUP_S if source == "ngram" else self.costs.draft_s
 
     def worth_probing(self, source: str) -> bool:
-        """Could a perfect draft from `source` beat plain decoding by at least `min_gain`? (decided once)"""
+        """Could a very good draft from `source` (alpha = `alpha_ceiling`) beat plain decoding by at least
+        `min_gain`? (decided once per source)"""
         if source not in self._worth:
-            d = self.draft_s(source)
-            best = max(rate(1.0, g, self.costs, d) for g in range(1, self.gamma_max + 1))
-            self._worth[source] = best >= (1 + self.min_gain) * rate(1.0, 0, self.costs, d)
+            d, a = self.draft_s(source), self.alpha_ceiling
+            best = max(rate(a, g, self.costs, d) for g in range(1, self.gamma_max + 1))
+            self._worth[source] = best >= (1 + self.min_gain) * rate(a, 0, self.costs, d)
         return self._worth[source]
 
     def choose(self, budget: int, source: str = "model") -> int:
