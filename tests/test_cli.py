@@ -14,7 +14,7 @@ import pytest
 
 from specdecode import cli
 
-from .tiny_models import build, char_tokenizer, noisy_copy
+from .tiny_models import build, char_tokenizer, save_pair
 
 PROMPT = "def quicksort(xs):"
 
@@ -28,10 +28,7 @@ def _save(model, path: Path, tokenizer) -> str:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[str, str]:
     """A tiny Llama target and a noisy copy of it as draft, with one character-level tokenizer."""
-    root = tmp_path_factory.mktemp("cli-models")
-    target = build("llama")
-    tok = char_tokenizer()
-    return (_save(target, root / "target", tok), _save(noisy_copy(target, 0.3), root / "draft", tok))
+    return save_pair(tmp_path_factory.mktemp("cli-models"))
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

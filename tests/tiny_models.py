@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as tf
 
@@ -54,3 +56,16 @@ def reference_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
     if eos is not None and eos in new:  # generate pads after EOS
         new = new[: new.index(eos) + 1]
     return new
+
+
+def save_pair(root: Path, max_positions: int = 256) -> tuple[str, str]:
+    """A tiny Llama target and a noisy copy of it as draft, saved with one character-level tokenizer."""
+    target = build("llama")
+    target.config.max_position_embeddings = max_positions
+    tok = char_tokenizer()
+    paths = []
+    for name, model in (("target", target), ("draft", noisy_copy(target, 0.3))):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return paths[0], paths[1]

@@ -1,4 +1,4 @@
-"""The `specdecode` command line: `generate` and `models list|fetch`.
+"""The `specdecode` command line: `generate`, `serve`, `bench` and `models list|fetch`.
 
 Exit codes: 0 done, 2 bad input (with a message naming the problem), 130 interrupted by Ctrl-C (the
 partial text and its stats are still printed).
@@ -32,21 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", nargs="?", help="the prompt ('-' or nothing: read --file or stdin)")
     gen.add_argument("--file", help="read the prompt from this file")
-    gen.add_argument("--target", default=DEFAULT_TARGET,
-                     help="built-in name, transformers id, local directory or .gguf path "
-                     f"(default {DEFAULT_TARGET})")
-    gen.add_argument("--draft", default=None,
-                     help="draft model (same forms), 'ngram' (prompt lookup), 'ngram+MODEL' (lookup, else "
-                     f"the model) or 'none' for plain decoding (default {DEFAULT_DRAFT} "
-                     "with the built-in target, else none)")
-    gen.add_argument("--gamma", type=_gamma, default="auto",
-                     help="draft tokens per target call, or 'auto' (default: chosen per call from measured "
-                     "costs and the running acceptance rate, 0 = plain step)")
-    gen.add_argument("--gamma-max", type=int, default=8, help="largest gamma 'auto' may choose (default 8)")
-    gen.add_argument("--draft-threshold", type=float, default=0.0,
-                     help="a draft model stops proposing when its probability of the next token is below "
-                     "this (default 0: never)")
-    gen.add_argument("--ngram-max", type=int, default=3, help="longest n-gram the lookup matches (default 3)")
+    _model_args(gen)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -56,9 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--no-chat", action="store_true",
                      help="feed the prompt as is, without the chat template")
-    gen.add_argument("--dtype", default=None,
-                     help="bf16, fp16 or fp32 (default: bf16 where the hardware runs it fast)")
-    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--compare", action="store_true",
                      help="also run plain decoding of the target and report both speeds, the speedup and "
                      "whether greedy outputs are identical")
@@ -96,6 +79,26 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--report", metavar="DIR", default=None,
                        help="only re-render DIR/report.md and the plots from DIR/results.json")
 
+    srv = sub.add_parser(
+        "serve", help="serve an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)",
+        description="Starts after loading and warming up the models. Defaults: the built-in pair on "
+        "127.0.0.1:8000, no API key.",
+    )
+    _model_args(srv)
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                     "(default: $SPECDECODE_API_KEY, else none)")
+    srv.add_argument("--served-model-name", default=None,
+                     help="the model id clients send (default: --target)")
+    srv.add_argument("--max-waiting", type=int, default=64,
+                     help="requests allowed to wait for the model; more get 503 (default 64)")
+    srv.add_argument("--default-max-tokens", type=int, default=512,
+                     help="chat completion length when the request gives no max_tokens (default 512)")
+    srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")
+
     models = sub.add_parser("models", help="list or fetch the built-in models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="built-in models, whether they are cached, their sizes")
@@ -104,6 +107,28 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(BUILTINS)} or 'all'")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The target, draft and speculation options `generate` and `serve` share."""
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                     help="built-in name, transformers id, local directory or .gguf path "
+                     f"(default {DEFAULT_TARGET})")
+    p.add_argument("--draft", default=None,
+                     help="draft model (same forms), 'ngram' (prompt lookup), 'ngram+MODEL' (lookup, else "
+                     f"the model) or 'none' for plain decoding (default {DEFAULT_DRAFT} "
+                     "with the built-in target, else none)")
+    p.add_argument("--gamma", type=_gamma, default="auto",
+                     help="draft tokens per target call, or 'auto' (default: chosen per call from measured "
+                     "costs and the running acceptance rate, 0 = plain step)")
+    p.add_argument("--gamma-max", type=int, default=8, help="largest gamma 'auto' may choose (default 8)")
+    p.add_argument("--draft-threshold", type=float, default=0.0,
+                     help="a draft model stops proposing when its probability of the next token is below "
+                     "this (default 0: never)")
+    p.add_argument("--ngram-max", type=int, default=3, help="longest n-gram the lookup matches (default 3)")
+    p.add_argument("--dtype", default=None,
+                     help="bf16, fp16 or fp32 (default: bf16 where the hardware runs it fast)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def _gamma(text: str) -> int | str:
@@ -217,6 +242,26 @@ def _load(args: argparse.Namespace, name: str, role: str) -> Any:
     _status(args, f"loaded {role} {name} ({str(model.dtype).removeprefix('torch.')}, {model.device}) "
             f"in {elapsed:.1f}s")
     return model
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .generator import SpeculativeGenerator
+    from .server import ServerSettings, run_server
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_waiting < 1 or args.default_max_tokens < 1:
+        raise ValueError("--max-waiting and --default-max-tokens must be >= 1")
+    target = _load(args, args.target, "target")
+    gen = SpeculativeGenerator(target, _drafter(args, _draft_name(args)))
+    settings = ServerSettings(args.served_model_name or args.target, gamma=args.gamma,
+                              gamma_max=args.gamma_max,
+                              api_key=args.api_key or os.environ.get("SPECDECODE_API_KEY") or None,
+                              max_waiting=args.max_waiting, default_max_tokens=args.default_max_tokens)
+    run_server(gen, settings, args.host, args.port, quiet=args.quiet)
+    return 0
 
 
 def _run_dict(result: Any) -> dict[str, Any]:
@@ -333,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "serve":
+            return _serve(args)
         return _models(args)
     except ValueError as exc:
         print(f"specdecode: error: {exc}", file=sys.stderr)

@@ -1,0 +1,44 @@
+"""`specdecode serve`: an OpenAI-compatible HTTP server over a `SpeculativeGenerator`.
+
+Needs the `server` extra: pip install 'specdecode[server]'.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+try:
+    from .app import ServerSettings, create_app
+except ImportError as exc:  # fastapi / uvicorn / prometheus_client missing
+    raise ImportError(
+        f"the server needs the 'server' extra ({exc.name} is missing): pip install 'specdecode[server]'"
+    ) from None
+
+__all__ = ["ServerSettings", "create_app", "run_server", "warm_up"]
+
+
+def warm_up(gen: Any, settings: ServerSettings) -> float:
+    """One short generation, so the first request does not pay for kernel set-up or gamma calibration."""
+    start = time.perf_counter()
+    prompt = gen.encode("Hello") if gen.tokenizer is not None else [1, 2, 3]
+    gen.generate(prompt, max_new_tokens=2, gamma=settings.gamma, gamma_max=settings.gamma_max)
+    return time.perf_counter() - start
+
+
+def run_server(
+    gen: Any, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False
+) -> None:
+    """Warm up, then serve until interrupted."""
+    import uvicorn
+
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say("warming up (first run also measures the costs gamma=auto works from) ...")
+    say(f"warmed up in {warm_up(gen, settings):.1f}s")
+    app = create_app(gen, settings)
+    say(
+        f"serving '{settings.model_name}' on http://{host}:{port}/v1 "
+        f"({'API key required' if settings.api_key else 'no API key'})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)

@@ -1,0 +1,83 @@
+"""The server's Prometheus metrics (GET /metrics), one registry per app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, float("inf"))
+
+
+class Metrics:
+    """Requests, tokens, speculation and timing counters, queue gauges and latency histograms."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "specdecode_requests",
+            "HTTP requests served, by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "specdecode_generations_cancelled",
+            "generations stopped early because the client went away",
+            registry=r,
+        )
+        self.prompt_tokens = Counter("specdecode_prompt_tokens", "prompt tokens processed", registry=r)
+        self.generated = Counter("specdecode_generated_tokens", "tokens generated", registry=r)
+        self.target_calls = Counter(
+            "specdecode_target_calls", "target model calls while decoding", registry=r
+        )
+        self.drafted = Counter("specdecode_draft_tokens", "draft tokens proposed and verified", registry=r)
+        self.accepted = Counter("specdecode_draft_tokens_accepted", "draft tokens accepted", registry=r)
+        self.target_s = Counter(
+            "specdecode_target_seconds", "seconds in target calls while decoding", registry=r
+        )
+        self.draft_s = Counter("specdecode_draft_seconds", "seconds in draft calls", registry=r)
+        self.prefill_s = Counter("specdecode_prefill_seconds", "seconds feeding prompts", registry=r)
+        self.acceptance = Gauge(
+            "specdecode_acceptance_rate",
+            "accepted / proposed draft tokens since the server started",
+            registry=r,
+        )
+        self.tokens_per_call = Gauge(
+            "specdecode_mean_tokens_per_target_call",
+            "generated tokens / target calls since the server started",
+            registry=r,
+        )
+        self.queue_length = Gauge("specdecode_queue_length", "requests waiting for the model", registry=r)
+        self.running = Gauge("specdecode_requests_running", "generations running (0 or 1)", registry=r)
+        self.latency = Histogram(
+            "specdecode_request_latency_seconds", "arrival to last token", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.first_token = Histogram(
+            "specdecode_time_to_first_token_seconds",
+            "arrival to first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "specdecode_queue_wait_seconds",
+            "arrival to the start of generation",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def record_generation(self, stats: Any) -> None:
+        """Add one finished (or cancelled) generation's stats."""
+        self.prompt_tokens.inc(stats.prompt_tokens)
+        self.generated.inc(stats.new_tokens)
+        self.target_calls.inc(stats.target_calls)
+        self.drafted.inc(stats.drafted)
+        self.accepted.inc(stats.accepted)
+        self.target_s.inc(stats.target_s)
+        self.draft_s.inc(stats.draft_s)
+        self.prefill_s.inc(stats.prefill_s)
+        drafted, calls = self.drafted._value.get(), self.target_calls._value.get()
+        self.acceptance.set(self.accepted._value.get() / drafted if drafted else 0.0)
+        self.tokens_per_call.set(self.generated._value.get() / calls if calls else 0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

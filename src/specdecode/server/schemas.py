@@ -1,0 +1,192 @@
+"""Request bodies of the OpenAI-compatible endpoints, validated, and their OpenAI-shaped errors.
+
+Fields OpenAI defines and we honour are typed and range-checked; fields OpenAI defines that we cannot
+honour yet (n > 1, logprobs, echo, penalties, logit_bias, tools) are refused with a 400 naming them
+rather than silently ignored. Unknown extra fields are ignored, as clients send many.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class APIError(Exception):
+    """An error returned to the client in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class SpeculativeOptions(BaseModel):
+    """Our extension: how to speculate for this request (defaults: the server's settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gamma: int | Literal["auto"] | None = Field(None, description="draft tokens per target call, or auto")
+    gamma_max: int | None = Field(None, ge=1, le=32)
+    draft: bool = Field(True, description="false: plain decoding of the target for this request")
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, value: Any) -> Any:
+        if isinstance(value, int) and not 1 <= value <= 32:
+            raise ValueError("gamma must be 'auto' or an integer in 1..32")
+        return value
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)  # extension (as vLLM and llama.cpp accept)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)  # extension
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    speculative: SpeculativeOptions | None = None
+    user: str | None = None
+    # defined by OpenAI, not supported yet: refused unless left at their neutral values
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    def unsupported(self) -> None:
+        """Raise a 400 for the OpenAI features this server does not implement yet."""
+        if self.n != 1:
+            raise APIError(
+                400,
+                f"n={self.n} is not supported: this server generates one choice per request "
+                "(batching is not implemented yet); send n=1 or separate requests",
+                "n",
+            )
+        checks = [
+            ("logprobs", self.logprobs not in (None, False, 0)),
+            ("top_logprobs", bool(self.top_logprobs)),
+            ("presence_penalty", self.presence_penalty != 0),
+            ("frequency_penalty", self.frequency_penalty != 0),
+            ("logit_bias", bool(self.logit_bias)),
+        ]
+        for name, used in checks:
+            if used:
+                raise APIError(400, f"{name} is not supported by this server yet; leave it out", name)
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Common):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        if self.echo:
+            raise APIError(400, "echo is not supported by this server yet; leave it out", "echo")
+        if self.best_of not in (None, 1):
+            raise APIError(400, "best_of > 1 is not supported: one choice per request", "best_of")
+        if self.suffix:
+            raise APIError(400, "suffix (insertion) is not supported by this server", "suffix")
+
+    def prompt_value(self) -> str | list[int]:
+        """The one prompt, as text or token ids (a batch of prompts is refused)."""
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+            if len(p) != 1:
+                raise APIError(
+                    400,
+                    f"{len(p)} prompts in one request are not supported (no batching yet): "
+                    "send one prompt per request",
+                    "prompt",
+                )
+            p = p[0]
+        if not p:
+            raise APIError(400, "prompt is empty: send some text or token ids", "prompt")
+        return p
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message's text (content parts of type "text" joined; other parts refused)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(
+                    400,
+                    f"content part of type {part.get('type')!r} is not supported: this is a "
+                    "text model; send text parts only",
+                    "messages",
+                )
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_Common):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage]
+    tools: list[Any] | None = None
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        if self.tools:
+            raise APIError(400, "tools (function calling) are not supported by this server yet", "tools")
+        if not self.messages:
+            raise APIError(400, "messages is empty: send at least one message", "messages")
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        role = {"developer": "system"}
+        return [{"role": role.get(m.role, m.role), "content": m.text()} for m in self.messages]

@@ -1,0 +1,367 @@
+"""`specdecode serve`: a real server process on localhost, called with the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+import specdecode as sd
+from specdecode.drafters import ModelDrafter
+from specdecode.models import load_model
+
+from .tiny_models import save_pair
+
+CONTEXT = 4096  # the tiny target's window: long enough for a generation still running when a client leaves
+SPEC = {"speculative": {"gamma": 3}}  # fixed gamma: auto's choices depend on timing, and so would the RNG
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(pair: tuple[str, str], *extra: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "specdecode.cli",
+            "serve",
+            "--target",
+            pair[0],
+            "--draft",
+            pair[1],
+            "--dtype",
+            "fp32",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "tiny",
+            "--quiet",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not come up in 180 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[str, str]:
+    return save_pair(tmp_path_factory.mktemp("server-models"), max_positions=CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def server(pair):
+    proc, url = _start(pair)
+    yield url
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local(pair) -> sd.SpeculativeGenerator:
+    """The same models in this process: what the server must reproduce."""
+    return sd.SpeculativeGenerator(
+        load_model(pair[0], dtype="fp32", quiet=True),
+        ModelDrafter(load_model(pair[1], dtype="fp32", quiet=True)),
+    )
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + want + '}') if want else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_text_equals_generate(client, local, stream):
+    kwargs = dict(max_new_tokens=40, temperature=0.8, seed=11, gamma=3)
+    expected = local.generate("def quicksort(xs):", **kwargs)
+    if stream:
+        chunks = list(
+            client.completions.create(
+                model="tiny",
+                prompt="def quicksort(xs):",
+                max_tokens=40,
+                temperature=0.8,
+                seed=11,
+                stream=True,
+                extra_body=SPEC,
+            )
+        )
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    else:
+        res = client.completions.create(
+            model="tiny",
+            prompt="def quicksort(xs):",
+            max_tokens=40,
+            temperature=0.8,
+            seed=11,
+            extra_body=SPEC,
+        )
+        text, finish, usage = res.choices[0].text, [res.choices[0].finish_reason], res.usage
+    assert text == expected.text
+    assert finish == [expected.finish_reason]  # "length", or "stop" if the random model said EOS
+    n_prompt = len(local.encode("def quicksort(xs):"))
+    assert usage.completion_tokens == len(expected.token_ids) and usage.prompt_tokens == n_prompt
+    extra = usage.model_extra
+    assert 0.0 <= extra["acceptance_rate"] <= 1.0 and extra["tokens_per_target_call"] >= 1.0
+    assert extra["target_calls"] >= 1 and extra["draft_tokens"] >= extra["draft_tokens_accepted"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_text_equals_generate(client, local, stream):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort a list."}]
+    expected = local.generate(messages, chat=True, max_new_tokens=30, temperature=0.7, seed=3, gamma=3)
+    args = dict(model="tiny", messages=messages, max_tokens=30, temperature=0.7, seed=3, extra_body=SPEC)
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **args))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason == expected.finish_reason
+        assert chunks[-1].usage.completion_tokens == len(expected.token_ids)
+    else:
+        res = client.chat.completions.create(**args)
+        text = res.choices[0].message.content
+        assert res.object == "chat.completion" and res.choices[0].message.role == "assistant"
+        assert res.usage.total_tokens == res.usage.prompt_tokens + len(expected.token_ids)
+    assert text == expected.text
+
+
+def test_greedy_with_auto_gamma_stop_strings_and_plain_mode(client, local):
+    expected = local.generate("def f(x):", max_new_tokens=30, temperature=0)
+    res = client.completions.create(model="tiny", prompt="def f(x):", max_tokens=30, temperature=0)
+    assert res.choices[0].text == expected.text  # greedy: independent of gamma
+    plain = client.completions.create(
+        model="tiny",
+        prompt="def f(x):",
+        max_tokens=30,
+        temperature=0,
+        extra_body={"speculative": {"draft": False}},
+    )
+    assert plain.choices[0].text == expected.text and plain.usage.model_extra["draft_tokens"] == 0
+    stop = expected.text[5:7]
+    stopped = client.completions.create(
+        model="tiny", prompt="def f(x):", max_tokens=30, temperature=0, stop=[stop]
+    )
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == expected.text[: expected.text.index(stop)]
+
+
+def test_models_health_and_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["queue_length"] == 0
+    text = httpx.get(f"{server}/metrics").text
+    for name in (
+        "specdecode_requests_total",
+        "specdecode_generated_tokens_total",
+        "specdecode_acceptance_rate",
+        "specdecode_mean_tokens_per_target_call",
+        "specdecode_draft_seconds_total",
+        "specdecode_target_seconds_total",
+        "specdecode_queue_length",
+        "specdecode_request_latency_seconds_bucket",
+        "specdecode_time_to_first_token_seconds_bucket",
+    ):
+        assert name in text, name
+
+
+BAD_INPUTS = [
+    ("/v1/completions", b'{"prompt": "hi", "max_tokens": ', 400, "not valid JSON"),
+    ("/v1/completions", {"max_tokens": 5}, 400, "missing required field 'prompt'"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": CONTEXT + 1}, 400, "maximum context length"),
+    ("/v1/completions", {"prompt": "x" * (CONTEXT + 10), "max_tokens": 5}, 400, "context window"),
+    ("/v1/completions", {"prompt": "", "max_tokens": 5}, 400, "prompt is empty"),
+    ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 5}, 400, "one prompt per request"),
+    ("/v1/completions", {"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n=2 is not supported"),
+    ("/v1/completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 3}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "hi", "speculative": {"gamma": 0}}, 400, "gamma"),
+    ("/v1/completions", {"prompt": "hi", "speculative": {"turbo": True}}, 400, "speculative.turbo"),
+    ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "'gpt-4' is not served here"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages is empty"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        400,
+        "text parts only",
+    ),
+    ("/v1/chat/completions", {"messages": "hi"}, 400, "messages"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,message", BAD_INPUTS)
+def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(server, path, body, status, message):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(
+        f"{server}{path}", content=content, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"], error
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_the_openai_client_raises_its_own_error_types(client):
+    with pytest.raises(openai.BadRequestError, match="n=3 is not supported"):
+        client.completions.create(model="tiny", prompt="hi", n=3)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_32_concurrent_streaming_clients(server, local):
+    prompts = [(f"item {i}: ", 100 + i) for i in range(32)]
+    expected = [
+        local.generate(p, max_new_tokens=20, temperature=0.9, seed=s, gamma=3).text for p, s in prompts
+    ]
+    before_ok = _metric(server, "specdecode_requests_total", endpoint="/v1/completions", status="200")
+    before_tokens = _metric(server, "specdecode_generated_tokens_total")
+
+    def one(job: tuple[str, int]) -> tuple[str, int]:
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300)
+        chunks = list(
+            client.completions.create(
+                model="tiny",
+                prompt=job[0],
+                max_tokens=20,
+                temperature=0.9,
+                seed=job[1],
+                stream=True,
+                extra_body=SPEC,
+            )
+        )
+        return "".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage.completion_tokens
+
+    with ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(one, prompts))
+    assert [g[0] for g in got] == expected  # every stream complete, none lost or mixed
+    assert (
+        _metric(server, "specdecode_requests_total", endpoint="/v1/completions", status="200") - before_ok
+        == 32
+    )
+    tokens = _metric(server, "specdecode_generated_tokens_total") - before_tokens
+    assert tokens == sum(g[1] for g in got) > 0
+    assert _metric(server, "specdecode_queue_length") == 0
+
+
+def test_a_client_that_disconnects_cancels_its_generation(server, client, local):
+    budget = 1500
+    # a greedy prompt that runs its whole budget (the random model never says EOS): still going when we leave
+    prompt = next(p for p in "abcdefgh" if local.generate(p, max_new_tokens=budget).finish_reason == "length")
+    cancelled = _metric(server, "specdecode_generations_cancelled_total")
+    generated = _metric(server, "specdecode_generated_tokens_total")
+    body = {"prompt": prompt, "max_tokens": budget, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        first = [next(lines) for _ in range(4)]  # generation is under way
+    assert any(line.startswith("data: {") for line in first)
+    deadline = time.time() + 60
+    while _metric(server, "specdecode_generations_cancelled_total") == cancelled and time.time() < deadline:
+        time.sleep(0.2)
+    assert _metric(server, "specdecode_generations_cancelled_total") == cancelled + 1
+    assert _metric(server, "specdecode_generated_tokens_total") - generated < budget  # stopped early
+    start = time.perf_counter()  # the queue is free again
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=5, temperature=0).choices
+    assert time.perf_counter() - start < 30
+    assert _metric(server, "specdecode_queue_length") == 0
+
+
+def test_api_key(pair):
+    proc, url = _start(pair, "--api-key", "s3cret")
+    try:
+        assert httpx.get(f"{url}/health").status_code == 200  # health stays open for probes
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.get(f"{url}/v1/models", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert good.completions.create(model="tiny", prompt="hi", max_tokens=3).usage.completion_tokens == 3
+        r = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and 'status="401"' in r.text
+    finally:
+        _stop(proc)
+
+
+def test_an_exception_inside_generation_fails_that_request_only():
+    from fastapi.testclient import TestClient
+
+    from specdecode.server import ServerSettings, create_app
+    from specdecode.toy import tiny_llama_pair
+
+    target, draft = tiny_llama_pair()
+    calls = {"n": 0}
+
+    def flaky(seq: list[int], gamma: int) -> list[int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("draft exploded")
+        return seq[-gamma:]
+
+    gen = sd.SpeculativeGenerator(target, flaky)
+    with TestClient(create_app(gen, ServerSettings("tiny", gamma=2)), raise_server_exceptions=False) as http:
+        bad = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 8})
+        assert bad.status_code == 500
+        assert "draft exploded" in bad.json()["error"]["message"]
+        assert bad.json()["error"]["type"] == "server_error"
+        good = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 8})
+        assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 8
+        streamed = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 4, "stream": True})
+        events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3
+
+
+def test_serve_rejects_bad_options(pair, capsys):
+    from specdecode import cli
+
+    assert cli.main(["serve", "--target", pair[0], "--port", "70000", "--quiet"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
