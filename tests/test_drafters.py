@@ -167,3 +167,12 @@ def test_gamma_validation():
         gen.generate([1], gamma="fast")
     with pytest.raises(ValueError, match="gamma_max"):
         gen.generate([1], gamma="auto", gamma_max=0)
+
+
+def test_ngram_sources_split_long_and_single_token_matches():
+    d = NgramDrafter(max_n=3)
+    d.begin([1, 2, 3, 4, 9, 2, 3])
+    assert d.source([1, 2, 3, 4, 9, 2, 3]) == "ngram"  # "2 3" occurred before
+    assert d.source([1, 2, 3, 4, 9, 2, 3, 5, 4]) == "ngram-1"  # only "4" matches
+    policy = AutoGamma(CostModel({k: 0.1 for k in range(1, 10)}, 0.05))
+    assert policy.draft_s("ngram-1") == policy.draft_s("ngram") < 0.05  # lookups cost next to nothing

@@ -180,7 +180,10 @@ class NgramDrafter:
         self._extend(sequence)  # only accepted text is ever indexed
 
     def source(self, sequence: list[int]) -> str:
-        return "ngram"
+        """"ngram" for a match of two tokens or more, "ngram-1" for a single-token match: auto-gamma
+        tracks them apart, as one-token matches are right far less often."""
+        n, _ = self.match(sequence)
+        return "ngram" if n >= 2 else "ngram-1"
 
 
 class NgramThenModel:

@@ -91,7 +91,7 @@ class AutoGamma:
     _worth: dict[str, bool] = field(default_factory=dict)
 
     def draft_s(self, source: str) -> float:
-        return LOOKUP_S if source == "ngram" else self.costs.draft_s
+        return LOOKUP_S if source.startswith("ngram") else self.costs.draft_s
 
     def worth_probing(self, source: str) -> bool:
         """Could a very good draft from `source` (alpha = `alpha_ceiling`) beat plain decoding by at least
@@ -124,7 +124,7 @@ class AutoGamma:
             old = self.alphas.get(source, self.alpha)
             self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
         self.costs.observe_target(target_k, target_s)
-        if draft_calls and source != "ngram":
+        if draft_calls and not source.startswith("ngram"):
             self.costs.observe_draft(draft_s / draft_calls)
 
 
