@@ -176,3 +176,12 @@ def test_ngram_sources_split_long_and_single_token_matches():
     assert d.source([1, 2, 3, 4, 9, 2, 3, 5, 4]) == "ngram-1"  # only "4" matches
     policy = AutoGamma(CostModel({k: 0.1 for k in range(1, 10)}, 0.05))
     assert policy.draft_s("ngram-1") == policy.draft_s("ngram") < 0.05  # lookups cost next to nothing
+
+
+def test_observed_costs_rescale_the_whole_curve_and_resist_stalls():
+    costs = CostModel({1: 0.1, 2: 0.15, 3: 0.2}, 0.03)
+    costs.observe_target(1, 10.0)  # one stall of 100x: moves the curve by at most 10% (weight x factor 2)
+    assert costs.t(1) == pytest.approx(0.11) and costs.t(2) / costs.t(1) == pytest.approx(1.5)
+    for _ in range(60):  # the machine really got twice as slow: the curve follows, shape kept
+        costs.observe_target(1, 0.2)
+    assert costs.t(1) == pytest.approx(0.2, rel=0.01) and costs.t(3) == pytest.approx(0.4, rel=0.01)

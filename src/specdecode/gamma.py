@@ -39,11 +39,17 @@ class CostModel:
         return self.target_s[b] + slope * (k - b)
 
     def observe_target(self, k: int, seconds: float, weight: float = 0.1) -> None:
-        """Blend in one observed call (cheap continuous re-measurement)."""
+        """Blend in one observed call of k tokens (cheap continuous re-measurement).
+
+        The whole curve is rescaled, not just T(k): a plain-decoding stretch observes only T(1), and
+        moving T(1) alone would make k > 1 look cheaper or dearer than it is. One call moves the curve
+        by at most `weight` times a factor of 2, so a single stall cannot flip the choice.
+        """
         if self.frozen:
             return
-        old = self.target_s.get(k)
-        self.target_s[k] = seconds if old is None else (1 - weight) * old + weight * seconds
+        ratio = min(max(seconds / self.t(k), 0.5), 2.0)
+        scale = 1 - weight + weight * ratio
+        self.target_s = {j: v * scale for j, v in self.target_s.items()}
 
     def observe_draft(self, seconds_per_call: float, weight: float = 0.1) -> None:
         if not self.frozen:
