@@ -8,7 +8,7 @@ DEMO_PROMPT ?= Write a Python function that merges two sorted lists into one sor
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: test test-fast demo lint venv clean
+.PHONY: test test-fast demo serve lint venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ lint: venv
 test: venv lint
 	$(PY) -m pytest -q
 
-# unit tests only (tiny in-process models), about two minutes
+# unit tests only (tiny in-process models), about five minutes
 test-fast: venv lint
 	$(PY) -m pytest -q -m "not real"
 
@@ -35,6 +35,11 @@ test-fast: venv lint
 demo: venv
 	$(VENV)/bin/specdecode models fetch all
 	$(VENV)/bin/specdecode generate --compare --max-new-tokens 128 "$(DEMO_PROMPT)"
+
+# the OpenAI-compatible server on the built-in pair: http://127.0.0.1:8000/v1 (see README)
+serve: venv
+	$(VENV)/bin/specdecode models fetch all
+	$(VENV)/bin/specdecode serve
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -114,6 +114,12 @@ def _mark(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _all_plain(s: dict[str, Any], config: str, task: str) -> str:
+    """A note when auto chose plain steps only: its ratio to plain decoding is then run-to-run noise."""
+    hist = s["table"][config][task]["gamma_histogram"] if config in s["table"] else {}
+    return " (all plain steps)" if hist and set(hist) == {0} else ""
+
+
 def drafter_targets(summary: dict[str, Any]) -> list[list[str]]:
     """Rows checking issue 5's targets per temperature and task: auto >= 0.97x plain, auto within 5% of
     the best fixed gamma, ngram+model >= the better of ngram and model, ngram >= 2x plain on editing."""
@@ -130,7 +136,7 @@ def drafter_targets(summary: dict[str, Any]) -> list[list[str]]:
             better = max((x for x in (ngram, auto) if x is not None), default=None)
             rows.append([
                 temp, task,
-                f"{_fmt(auto)}x {_mark(auto >= 0.97)}" if auto else "-",
+                f"{_fmt(auto)}x {_mark(auto >= 0.97)}{_all_plain(s, AUTO, task)}" if auto else "-",
                 f"{best_name} ({_fmt(best_speed)}x)" if best_speed else "-",
                 f"{_fmt(auto / best_speed)} {_mark(auto / best_speed >= 0.95)}"
                 if auto and best_speed else "-",
