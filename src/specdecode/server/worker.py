@@ -91,6 +91,9 @@ class GenerationQueue:
                     job.first_piece = time.perf_counter()
                     self.metrics.first_token.observe(job.first_piece - job.arrived)
                 yield piece
+        except (asyncio.CancelledError, GeneratorExit):
+            job.cancelled = True  # the consumer went away mid-generation (task cancelled, stream closed)
+            raise
         finally:
             done = asyncio.get_running_loop().create_future()
 
