@@ -116,30 +116,16 @@ def _metric(url: str, name: str, **labels: str) -> float:
 def test_completion_text_equals_generate(client, local, stream):
     kwargs = dict(max_new_tokens=40, temperature=0.8, seed=11, gamma=3)
     expected = local.generate("def quicksort(xs):", **kwargs)
+    args = dict(
+        model="tiny", prompt="def quicksort(xs):", max_tokens=40, temperature=0.8, seed=11, extra_body=SPEC
+    )
     if stream:
-        chunks = list(
-            client.completions.create(
-                model="tiny",
-                prompt="def quicksort(xs):",
-                max_tokens=40,
-                temperature=0.8,
-                seed=11,
-                stream=True,
-                extra_body=SPEC,
-            )
-        )
+        chunks = list(client.completions.create(stream=True, **args))
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         usage = chunks[-1].usage
     else:
-        res = client.completions.create(
-            model="tiny",
-            prompt="def quicksort(xs):",
-            max_tokens=40,
-            temperature=0.8,
-            seed=11,
-            extra_body=SPEC,
-        )
+        res = client.completions.create(**args)
         text, finish, usage = res.choices[0].text, [res.choices[0].finish_reason], res.usage
     assert text == expected.text
     assert finish == [expected.finish_reason]  # "length", or "stop" if the random model said EOS

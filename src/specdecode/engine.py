@@ -121,7 +121,7 @@ class DecodeLoop:
             self._prefill(seq)
             while generated < max_new_tokens:
                 budget = max_new_tokens - generated
-                source = self._source(seq)
+                source = self._source(seq) if self.policy else ""
                 chosen = self.policy.choose(budget, source) if self.policy else self.gamma
                 gamma = min(chosen, self.gamma, budget - 1)
                 base = len(seq)

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .theory import expected_tokens
+from .theory import tokens_per_second
 
 
 @dataclass
@@ -62,7 +62,7 @@ LOOKUP_S = 1e-5  # a token lookup (n-gram source) costs next to nothing next to 
 def rate(alpha: float, gamma: int, costs: CostModel, draft_s: float | None = None) -> float:
     """Expected tokens per second of one iteration with `gamma` draft tokens."""
     d = costs.draft_s if draft_s is None else draft_s
-    return expected_tokens(min(max(alpha, 0.0), 1.0), gamma) / (gamma * d + costs.t(gamma + 1))
+    return tokens_per_second(min(max(alpha, 0.0), 1.0), gamma, costs.t, d)
 
 
 def best_gamma(alpha: float, costs: CostModel, gamma_max: int, draft_s: float | None = None) -> int:

@@ -23,6 +23,11 @@ def thm38_speedup(alpha: float, gamma: int, c: float) -> float:
     return expected_tokens(alpha, gamma) / (gamma * c + 1.0)
 
 
+def tokens_per_second(alpha: float, gamma: int, t_target: Callable[[int], float], t_draft: float) -> float:
+    """Expected tokens per second of one iteration: E(alpha, gamma) / (gamma * T_draft(1) + T(gamma + 1))."""
+    return expected_tokens(alpha, gamma) / (gamma * t_draft + t_target(gamma + 1))
+
+
 def general_speedup(alpha: float, gamma: int, t_target: Callable[[int], float], t_draft: float) -> float:
     """E(alpha, gamma) * T(1) / (gamma * T_draft(1) + T(gamma + 1)), with measured T(k) and T_draft(1)."""
-    return expected_tokens(alpha, gamma) * t_target(1) / (gamma * t_draft + t_target(gamma + 1))
+    return tokens_per_second(alpha, gamma, t_target, t_draft) * t_target(1)

@@ -258,12 +258,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             )
             return {**head, "object": kind, "choices": [choice], "usage": _usage(job, len(prompt_ids))}
 
-        if queue.waiting >= queue.max_waiting:  # refuse before the 200 is sent
-            raise APIError(
-                503,
-                f"the server is busy: {queue.waiting} requests are already waiting; retry later",
-                code="server_busy",
-            )
+        queue.admit()  # refuse before the 200 is sent, not in-band
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 

@@ -46,6 +46,16 @@ class GenerationQueue:
         self._lock: asyncio.Lock | None = None
         self.waiting = 0
 
+    def admit(self) -> None:
+        """Raise a 503 when `max_waiting` requests already wait for the model."""
+        if self.waiting >= self.max_waiting:
+            raise APIError(
+                503,
+                f"the server is busy: {self.waiting} requests are already waiting "
+                "(--max-waiting); retry later",
+                code="server_busy",
+            )
+
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` on the model thread (after whatever is already queued there)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -59,13 +69,7 @@ class GenerationQueue:
         it, the stream is closed on the model thread and its stats are recorded; `job.result` is set
         once that is done.
         """
-        if self.waiting >= self.max_waiting:
-            raise APIError(
-                503,
-                f"the server is busy: {self.waiting} requests are already waiting "
-                "(--max-waiting); retry later",
-                code="server_busy",
-            )
+        self.admit()
         self._lock = self._lock or asyncio.Lock()
         self.waiting += 1
         self.metrics.queue_length.set(self.waiting)
