@@ -1,8 +1,8 @@
 """specdecode: exact speculative decoding (Leviathan et al. 2023) for PyTorch / transformers models."""
 
 from .acceptance import verify
+from .backends.hf import HFModel
 from .generator import GenerationStream, SpeculativeGenerator
-from .hf import HFModel
 from .models import load_model, wrap
 from .protocol import CausalLM
 from .results import GenerationResult, GenerationStats

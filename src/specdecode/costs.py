@@ -43,9 +43,16 @@ def draft_call_seconds(drafter: Any) -> float:
     return cost_curve(models[0], [1], context=16, repeats=2)[1] if models else 1e-5
 
 
+def calibration_ks(k_max: int) -> list[int]:
+    """The block sizes measured for a curve up to `k_max`: every k up to 9, then a few up to k_max (the
+    cost model interpolates between them)."""
+    ks = set(range(1, min(k_max, 9) + 1)) | {k for k in (12, 16, 24, 32, 48, 64, 96) if k < k_max} | {k_max}
+    return sorted(ks)
+
+
 def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
-    """Measured T(k), k = 1..gamma_max+1, of the target and the drafter's call time, cached on disk per
-    (target, draft, dtype, device, machine) when the models have names."""
+    """Measured T(k), k up to gamma_max+1 (see `calibration_ks`), of the target and the drafter's call
+    time, cached on disk per (target, draft, dtype, device, machine, threads) when the models have names."""
     from .drafters import draft_models
     from .gamma import CostModel, load_calibration, machine_key, save_calibration
     from .registry import cache_root
@@ -53,14 +60,15 @@ def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
     draft_names = [getattr(m, "name", "") for m in draft_models(drafter)] or [drafter.name]
     names = [getattr(target, "name", ""), *draft_names]
     path = cache_root() / "calibration.json"
-    key = machine_key(*names, getattr(target, "dtype", ""), getattr(target, "device", ""), gamma_max)
+    key = machine_key(*names, getattr(target, "dtype", ""), getattr(target, "device", ""), gamma_max,
+                      threads=getattr(target, "n_threads", None))
     # only models loaded from a path or id have a stable name; in-process ones are measured every time
     named = all(isinstance(n, str) and ("/" in n or os.sep in n) for n in names if n not in ("ngram",))
     if named:
         cached = load_calibration(path, key)
         if cached is not None and max(cached.target_s) >= gamma_max + 1:
             return cached
-    costs = CostModel(cost_curve(target, list(range(1, gamma_max + 2)), context=32, repeats=2),
+    costs = CostModel(cost_curve(target, calibration_ks(gamma_max + 1), context=32, repeats=2),
                       draft_call_seconds(drafter))
     if named:
         save_calibration(path, key, costs)

@@ -251,6 +251,14 @@ def draft_models(drafter: Any) -> list[Any]:
     return []
 
 
+def has_lookup_source(drafter: Any) -> bool:
+    """Whether some of the drafter's proposals cost a lookup rather than a model call (n-gram, prediction),
+    so that gamma=auto may choose long blocks for them."""
+    if isinstance(drafter, (NgramDrafter, NgramThenModel)):
+        return True
+    return bool(getattr(drafter, "lookup_source", False))
+
+
 def as_drafter(draft: Any) -> Drafter | None:
     """A drafter for what `SpeculativeGenerator` was given: None, a Drafter, a model or a callable."""
     if draft is None or isinstance(draft, (ModelDrafter, NgramDrafter, NgramThenModel, CallableDrafter)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,15 +27,20 @@ class CostModel:
     frozen: bool = False  # ignore observations (fixed, made-up costs)
 
     def t(self, k: int) -> float:
-        """T(k), extrapolated linearly beyond the largest measured k."""
+        """T(k): measured, interpolated linearly between measured k, extrapolated beyond the largest."""
         if k in self.target_s:
             return self.target_s[k]
         ks = sorted(self.target_s)
         if len(ks) < 2:
             return self.target_s[ks[-1]] * k / ks[-1]
-        a, b = ks[-2], ks[-1]
+        above = next((j for j in ks if j > k), None)
+        if above is not None and above != ks[0]:
+            below = max(j for j in ks if j < k)
+            w = (k - below) / (above - below)
+            return (1 - w) * self.target_s[below] + w * self.target_s[above]
+        a, b = (ks[0], ks[1]) if above == ks[0] else (ks[-2], ks[-1])
         slope = (self.target_s[b] - self.target_s[a]) / (b - a)
-        return self.target_s[b] + slope * (k - b)
+        return max(self.target_s[b] + slope * (k - b), 0.0)
 
     def observe_target(self, k: int, seconds: float, weight: float = 0.1) -> None:
         """Blend in one observed call of k tokens (cheap continuous re-measurement).
@@ -57,6 +61,12 @@ class CostModel:
 
 
 LOOKUP_S = 1e-5  # a token lookup (n-gram source) costs next to nothing next to a model call
+LOOKUP_SOURCES = ("ngram", "prediction")  # sources whose drafts cost (next to) nothing
+
+
+def is_lookup(source: str) -> bool:
+    """Whether drafts from `source` cost a lookup rather than a model call."""
+    return source.startswith(LOOKUP_SOURCES)
 
 
 def rate(alpha: float, gamma: int, costs: CostModel, draft_s: float | None = None) -> float:
@@ -83,7 +93,8 @@ class AutoGamma:
     """
 
     costs: CostModel
-    gamma_max: int = 8
+    gamma_max: int = 8  # the longest block for a model draft
+    lookup_gamma_max: int = 8  # the longest block for a lookup source (n-gram, prediction)
     alpha: float = 0.6  # prior until a source's first verified position
     decay: float = 0.8  # weight of the past in the running alpha
     probe_every: int = 8
@@ -97,21 +108,25 @@ class AutoGamma:
     _worth: dict[str, bool] = field(default_factory=dict)
 
     def draft_s(self, source: str) -> float:
-        return LOOKUP_S if source.startswith("ngram") else self.costs.draft_s
+        return LOOKUP_S if is_lookup(source) else self.costs.draft_s
+
+    def limit(self, source: str) -> int:
+        """The longest block auto may choose for `source`."""
+        return self.lookup_gamma_max if is_lookup(source) else self.gamma_max
 
     def worth_probing(self, source: str) -> bool:
         """Could a very good draft from `source` (alpha = `alpha_ceiling`) beat plain decoding by at least
         `min_gain`? (decided once per source)"""
         if source not in self._worth:
             d, a = self.draft_s(source), self.alpha_ceiling
-            best = max(rate(a, g, self.costs, d) for g in range(1, self.gamma_max + 1))
+            best = max(rate(a, g, self.costs, d) for g in range(1, self.limit(source) + 1))
             self._worth[source] = best >= (1 + self.min_gain) * rate(a, 0, self.costs, d)
         return self._worth[source]
 
     def choose(self, budget: int, source: str = "model") -> int:
         """The number of draft tokens for the next iteration (0: a plain step)."""
         alpha = self.alphas.get(source, self.alpha)
-        g = min(best_gamma(alpha, self.costs, self.gamma_max, self.draft_s(source)), max(budget - 1, 0))
+        g = min(best_gamma(alpha, self.costs, self.limit(source), self.draft_s(source)), max(budget - 1, 0))
         if g > 0:
             self._wait = self.probe_every
         elif budget > 1 and self.worth_probing(source):
@@ -130,16 +145,19 @@ class AutoGamma:
             old = self.alphas.get(source, self.alpha)
             self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
         self.costs.observe_target(target_k, target_s)
-        if draft_calls and not source.startswith("ngram"):
+        if draft_calls and not is_lookup(source):
             self.costs.observe_draft(draft_s / draft_calls)
 
 
-def machine_key(*parts: Any) -> str:
-    """Identifies a (model, dtype, device, machine) for the calibration cache."""
+def machine_key(*parts: Any, threads: int | None = None) -> str:
+    """Identifies a (model, dtype, device, machine) for the calibration cache: the CPU model and its ISA
+    (AVX2 and AVX-512 machines have cost curves several-fold apart), the cores and the threads used."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    return "|".join(str(p) for p in (*parts, cpu, os.cpu_count(), torch.get_num_threads()))
+    from .machine import available_cores, cpu_isa, cpu_model
+
+    threads = torch.get_num_threads() if threads is None else threads
+    return "|".join(str(p) for p in (*parts, cpu_model(), cpu_isa(), available_cores(), threads))
 
 
 def load_calibration(path: os.PathLike[str], key: str) -> CostModel | None:

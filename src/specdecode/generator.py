@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .costs import calibrate
-from .drafters import as_drafter, draft_models
+from .drafters import as_drafter, draft_models, has_lookup_source
 from .engine import DecodeLoop
 from .gamma import AutoGamma, CostModel
 from .models import as_model, check_pair
@@ -66,6 +66,8 @@ class SpeculativeGenerator:
     def _costs(self, gamma_max: int) -> CostModel:
         """The measured costs auto-gamma works from (calibrated once per generator, cached on disk)."""
         costs = self._cost_models.get(gamma_max)
+        if costs is None:  # a curve measured for longer blocks serves shorter ones too
+            costs = next((c for k, c in sorted(self._cost_models.items()) if k >= gamma_max), None)
         if costs is None:
             costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter, gamma_max)
         return costs
@@ -98,6 +100,7 @@ class SpeculativeGenerator:
         min_p: float = 0.0,
         gamma: int | str = "auto",
         gamma_max: int = 8,
+        lookup_gamma_max: int = 32,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         chat: bool = False,
@@ -109,17 +112,20 @@ class SpeculativeGenerator:
         prompt: a string (tokenised by the target's tokenizer; `chat=True` applies its chat template and
         also accepts a list of {"role", "content"} messages) or a list of token ids.
         temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 disable those filters. gamma is the number
-        of draft tokens per target call, or "auto": chosen before each call, in 0..gamma_max, from the
-        measured costs and the running acceptance rate (see `specdecode.gamma`). seed (or a
+        of draft tokens per target call, or "auto": chosen before each call, in 0..gamma_max for a draft
+        model and 0..lookup_gamma_max for drafts that cost nothing (n-gram lookup), from the measured costs
+        and the running acceptance rate (see `specdecode.gamma`). seed (or a
         torch.Generator) makes sampling reproducible.
         stop: strings that end generation (not included in the text). max_new_tokens is never exceeded.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         auto = gamma == "auto"
         if auto:
-            if not isinstance(gamma_max, int) or isinstance(gamma_max, bool) or gamma_max < 1:
-                raise ValueError(f"gamma_max must be an integer >= 1, got {gamma_max!r}")
-            gamma = gamma_max
+            for label, value in (("gamma_max", gamma_max), ("lookup_gamma_max", lookup_gamma_max)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
+            lookup_gamma_max = lookup_gamma_max if has_lookup_source(self.drafter) else gamma_max
+            gamma = max(gamma_max, lookup_gamma_max)
         elif not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
             raise ValueError(
                 f"gamma must be 'auto' or an integer >= 1 (draft tokens per target call), got {gamma!r}"
@@ -138,7 +144,8 @@ class SpeculativeGenerator:
                 generator.manual_seed(int(seed))
         policy = None
         if auto and self.drafter is not None:  # measures costs the first time: before the caches start
-            policy = AutoGamma(self._costs(int(gamma)), gamma_max=int(gamma))
+            policy = AutoGamma(self._costs(int(gamma)), gamma_max=gamma_max,
+                               lookup_gamma_max=lookup_gamma_max)
         sequence = self._begin(prompt_ids)
         limit = getattr(self.target, "max_length", None)
         if limit is not None:
@@ -148,6 +155,11 @@ class SpeculativeGenerator:
                     "shorten the prompt"
                 )
             max_new_tokens = min(max_new_tokens, limit - len(sequence))
+        for model in [self.target, *draft_models(self.drafter)]:  # size llama.cpp contexts up front
+            if hasattr(model, "reserve"):
+                room = len(sequence) + max_new_tokens + int(gamma) + 1
+                model_limit = getattr(model, "max_length", None)
+                model.reserve(min(room, model_limit) if model_limit else room)
         eos = set(getattr(self.target, "eos_token_ids", set()) or set())
         loop = DecodeLoop(self.target, self.drafter, params, gamma, generator, eos, prompt_ids, policy)
         loop.stats.prompt_tokens = len(prompt_ids)

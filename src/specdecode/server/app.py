@@ -35,8 +35,10 @@ class ServerSettings:
         api_key: str | None = None,
         max_waiting: int = 64,
         default_max_tokens: int = 512,
+        lookup_gamma_max: int = 32,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
+        self.lookup_gamma_max = lookup_gamma_max
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
 
 
@@ -203,7 +205,11 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         spec = body.speculative
         use = gen if spec is None or spec.draft else plain
         gamma = spec.gamma if spec is not None and spec.gamma is not None else settings.gamma
-        gamma_max = spec.gamma_max if spec is not None and spec.gamma_max is not None else settings.gamma_max
+        # a request may lower the caps, never raise them: costs are calibrated once, at start-up
+        gamma_max, lookup_gamma_max = settings.gamma_max, settings.lookup_gamma_max
+        if spec is not None and spec.gamma_max is not None:
+            gamma_max = min(spec.gamma_max, gamma_max)
+            lookup_gamma_max = min(spec.gamma_max, lookup_gamma_max)
         kwargs = dict(
             max_new_tokens=budget,
             temperature=body.temperature,
@@ -214,6 +220,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             stop=body.stops or None,
             gamma=gamma,
             gamma_max=gamma_max,
+            lookup_gamma_max=lookup_gamma_max,
         )
 
         def start() -> Any:

@@ -16,6 +16,8 @@ class HFModel:
     the decoder sequence, which starts at the model's decoder start token.
     """
 
+    backend = "transformers"
+
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
