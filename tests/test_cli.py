@@ -58,12 +58,14 @@ def test_json_schema(pair, capsys):
     assert code == 0
     r = json.loads(out)
     assert {"text", "token_ids", "finish_reason", "stats", "settings", "target", "draft", "prompt_tokens",
-            "chat", "dtype", "device", "interrupted"} <= set(r)
+            "chat", "backend", "dtype", "device", "interrupted"} <= set(r)
+    assert r["backend"] == "transformers"
     assert r["draft"] == pair[1] and r["dtype"] == "float32" and r["chat"] is True
     assert r["interrupted"] is False and r["finish_reason"] == "length"
     assert len(r["token_ids"]) == r["stats"]["new_tokens"] == 17
     assert r["settings"] == {"max_new_tokens": 17, "temperature": 0.8, "top_k": 0, "top_p": 0.9,
-                             "min_p": 0.0, "gamma": 3, "gamma_max": 8, "seed": 5, "stop": None}
+                             "min_p": 0.0, "gamma": 3, "gamma_max": 8, "lookup_gamma_max": 32, "seed": 5,
+                             "stop": None}
     stats = r["stats"]
     for key in ("acceptance_rate", "mean_tokens_per_target_call", "target_s", "draft_s", "tokens_per_s"):
         assert isinstance(stats[key], float)
