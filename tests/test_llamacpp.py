@@ -32,7 +32,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("gguf")
     return {
         "target": write_tiny_llama(d / "target.gguf", seed=0),
-        "draft": write_tiny_llama(d / "draft.gguf", seed=0, scale=0.7),  # same ranking, softer: partial accepts
+        # the same weights with a softer head: same ranking, other probabilities, so partial acceptance
+        "draft": write_tiny_llama(d / "draft.gguf", seed=0, scale=0.7),
         "other": write_tiny_llama(d / "other.gguf", seed=1),
         "dir": d,
     }
@@ -182,7 +183,7 @@ def test_tokenizer_and_chat_template_match_transformers(smol):
     hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     ours = smol.tokenizer
     messages = [{"role": "system", "content": "You are terse."},
-                {"role": "user", "content": "Sort [3, 1, 2] in Python — and explain «why» in 5 words. 日本語?"}]
+                {"role": "user", "content": "Sort [3, 1, 2] — explain «why» in 5 words. 日本語?"}]
     rendered = ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert rendered == hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert ours(rendered, add_special_tokens=False)["input_ids"] == hf(rendered, add_special_tokens=False)[
@@ -257,7 +258,7 @@ def test_cli_generate_on_llama_cpp(files, capsys):
 
 
 def test_callable_drafter_on_llama_cpp_keeps_the_distribution_argument(target):
-    """A user drafter's q is taken as given: tokens outside the top-k get q mass but p = 0 and are rejected."""
+    """A user drafter's tokens outside the top-k have p = 0: they are always rejected, never emitted."""
     gen = SpeculativeGenerator(target, CallableDrafter(lambda seq, g: [seq[-1]] * g))
     ids = target.tokenizer(PROMPTS[1])["input_ids"]
     res = gen.generate(ids, max_new_tokens=10, gamma=3, temperature=0.7, top_k=2, seed=1)
