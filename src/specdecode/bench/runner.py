@@ -144,7 +144,7 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     if "llamacpp" in cfg.peers and greedy:
         reason = None
         if not llama_cpp_available():
-            reason = "llama-cpp-python is not installed (pip install 'specdecode[bench-llamacpp]')"
+            reason = "llama-cpp-python is not installed (pip install 'specdecode[llamacpp]')"
         elif gguf is None:
             reason = "no GGUF file for this target (built-in models with their chunk packages, or a .gguf)"
         if reason:
