@@ -70,8 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--temperatures", type=_floats, default=[0.0, 1.0])
     bench.add_argument("--top-p", type=float, default=0.95, help="top-p of the sampled passes")
     bench.add_argument("--rounds", type=int, default=1, help="repeats of each prompt (interleaved)")
-    bench.add_argument("--peers", type=_names, default=["hf", "assisted", "lookup", "llamacpp"],
-                       help="comma-separated subset of hf,assisted,lookup,llamacpp; 'none' for none")
+    bench.add_argument("--peers", type=_names,
+                       default=["hf", "assisted", "lookup", "llamacpp", "llama-server"],
+                       help="comma-separated subset of hf,assisted,lookup (transformers' generate(), with "
+                       "--backend transformers), llamacpp (llama-cpp-python), llama-server (built by "
+                       "make llama-server); 'none' for none")
+    bench.add_argument("--server-modes", type=_names, default=None,
+                       help="llama-server modes (default plain,ngram-simple,ngram-mod,draft-simple)")
+    bench.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "transformers"],
+                       help="our engine's backend: " + BACKEND_HELP)
+    bench.add_argument("--lookup-gamma-max", type=int, default=None,
+                       help="largest block gamma=auto may choose for n-gram lookups (default 32)")
     bench.add_argument("--assisted-ks", type=_ints, default=None,
                        help="assisted generation's fixed draft lengths (default 2,4,6,8)")
     bench.add_argument("--dtype", default=None)
@@ -192,8 +201,11 @@ def _bench(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, gammas=args.gammas, default_gamma=args.gamma,
         temperatures=args.temperatures, top_p=args.top_p, rounds=args.rounds, peers=args.peers,
         assisted_ks=args.assisted_ks, drafters=args.drafters, out=args.out, prompts_dir=args.prompts,
-        dtype=args.dtype, seed=args.seed, quiet=args.quiet,
+        dtype=args.dtype, seed=args.seed, quiet=args.quiet, server_modes=args.server_modes,
+        lookup_gamma_max=args.lookup_gamma_max,
     )
+    if not args.quick:
+        settings["backend"] = args.backend
     settings = {k: v for k, v in settings.items() if v is not None}
     cfg = BenchConfig.quick_suite(**settings) if args.quick else BenchConfig(**settings)
     out = run_bench(cfg)

@@ -67,14 +67,16 @@ class OursRunner:
 
     family = "ours"
 
-    def __init__(self, target: Any, draft: Any | None, gamma: int = 4, label: str = "model") -> None:
+    def __init__(self, target: Any, draft: Any | None, gamma: int | str = 4, label: str = "model",
+                 lookup_gamma_max: int = 32) -> None:
         self.gen = SpeculativeGenerator(target, draft)
-        self.gamma = gamma
+        self.gamma, self.lookup_gamma_max = gamma, lookup_gamma_max
         self.name = f"ours/{label} gamma={gamma}" if draft is not None else "ours/plain"
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> Run:
         stream = self.gen.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, gamma=self.gamma, seed=seed, tokens=True)
+                                 top_p=sampling.top_p, gamma=self.gamma, seed=seed, tokens=True,
+                                 lookup_gamma_max=self.lookup_gamma_max)
         start = time.perf_counter()
         first_s, first_n = 0.0, 0
         for chunk in stream:

@@ -74,7 +74,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         assisted = [c for c in configs if c.startswith("hf/assisted")]
         best_assisted = (max(assisted, key=lambda c: table[c]["all"]["tokens_per_s"] or 0)
                          if assisted else None)
-        peers = [c for c in configs if c.startswith(("hf/plain", "hf/prompt", "llama.cpp"))]
+        peers = [c for c in configs if c.startswith(("hf/plain", "hf/prompt", "llama.cpp", "llama-server"))]
         if best_assisted:
             peers.insert(1, best_assisted)
         vs: dict[str, dict[str, float | None]] = {}
@@ -102,12 +102,24 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     "alpha": alpha, "thm38": thm38_speedup(alpha, gamma, costs["c"]), "general": general,
                     "measured": measured, "measured_over_general": measured / general if measured else None,
                 }
+        vs_server: dict[str, dict[str, float | None]] = {}
+        if SERVER_PLAIN in configs:  # every configuration against llama-server's plain decoding
+            for config in configs:
+                vs_server[config] = {}
+                for task in [*tasks, "all"]:
+                    ratio = [g[config]["tokens_per_s"] / g[SERVER_PLAIN]["tokens_per_s"]
+                             for g in groups.values()
+                             if config in g and SERVER_PLAIN in g and g[SERVER_PLAIN]["tokens_per_s"] > 0
+                             and (task == "all" or g[config]["task"] == task)]
+                    vs_server[config][task] = _median(ratio)
         out[str(temp)] = {"tasks": tasks, "configs": configs, "table": table, "default": default,
-                          "best_assisted": best_assisted, "vs": vs, "prediction": prediction}
+                          "best_assisted": best_assisted, "vs": vs, "prediction": prediction,
+                          "vs_server": vs_server}
     return out
 
 
 AUTO, NGRAM, NGRAM_MODEL = "ours/model gamma=auto", "ours/ngram gamma=auto", "ours/ngram+model gamma=auto"
+SERVER_PLAIN = "llama-server/plain"
 
 
 def _mark(ok: bool) -> str:
@@ -160,8 +172,9 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
     parts = [
         "# specdecode benchmark report", "",
         f"- date: {results['date']}", f"- command: `{results['command']}`",
-        f"- machine: {m['cpu']}, {m['cores']} cores ({m['cpu_capability']}), torch threads "
-        f"{m['torch_threads']}, GPU {m['gpu'] or 'none'}",
+        f"- machine: {m['cpu']} ({m.get('isa', '?')}), {m['cores']} cores (torch: {m['cpu_capability']}), "
+        f"torch threads {m['torch_threads']}, GPU {m['gpu'] or 'none'}",
+        f"- our backend: {results.get('backend', 'transformers')}",
         f"- software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}"
         + (f", llama-cpp-python {m['llama_cpp_python']}" if m.get("llama_cpp_python") else ""),
         f"- models: target {results['target']}, draft {results['draft']}, dtype {results['dtype']}, "
@@ -200,6 +213,11 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
             parts += [f"### Our default ({s['default']}) against each peer (ratio of tokens/s)", ""]
             rows = [[p] + [_fmt(s["vs"][p][t], suffix="x") for t in tasks] for p in s["vs"]]
             parts += [_table(["peer", *tasks], rows), ""]
+        if s.get("vs_server"):
+            parts += ["### Every configuration against llama-server's plain decoding (median per-prompt "
+                      "ratio of decoding tokens/s)", ""]
+            rows = [[c] + [_fmt(s["vs_server"][c][t], suffix="x") for t in tasks] for c in s["vs_server"]]
+            parts += [_table(["configuration", *tasks], rows), ""]
         if s["prediction"]:
             parts += ["### Measured speedup against the paper's prediction (suite-wide alpha)", "",
                       "Thm 3.8 assumes T(gamma+1) = T(1); the general form uses the measured T(k) and c.", ""]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,8 @@ from ..costs import cost_curve
 from .peers import HFRunner, LlamaCppRunner, OursRunner, Sampling, llama_cpp_available
 from .workload import BenchPrompt, load_prompts
 
-PEERS = ("hf", "assisted", "lookup", "llamacpp")
+PEERS = ("hf", "assisted", "lookup", "llamacpp", "llama-server")
+HF_PEERS = ("hf", "assisted", "lookup")  # transformers' generate(): only with the transformers backend
 
 
 @dataclass
@@ -28,6 +28,10 @@ class BenchConfig:
 
     target: str = "qwen2.5-coder-1.5b"
     draft: str = "qwen2.5-coder-0.5b"
+    backend: str = "auto"  # our engine's: auto (llama.cpp on a CPU for GGUF models), llama.cpp, transformers
+    server_modes: list[str] = field(
+        default_factory=lambda: ["plain", "ngram-simple", "ngram-mod", "draft-simple"])
+    lookup_gamma_max: int = 32
     tasks: list[str] | None = None
     per_task: int | None = None
     max_new_tokens: int | None = None  # None: each prompt's own
@@ -40,7 +44,7 @@ class BenchConfig:
     peers: list[str] = field(default_factory=lambda: list(PEERS))
     assisted_ks: list[int] = field(default_factory=lambda: [2, 4, 6, 8])
     lookup_tokens: int = 10
-    cost_ks: list[int] = field(default_factory=lambda: list(range(1, 10)))
+    cost_ks: list[int] = field(default_factory=lambda: [*range(1, 10), 12, 16, 24, 32, 48, 64])
     out: str = "results"
     prompts_dir: str | None = None
     dtype: str | None = None
@@ -52,7 +56,7 @@ class BenchConfig:
     def quick_suite(cls, **overrides: Any) -> BenchConfig:
         """The whole pipeline on tiny in-process models: one prompt per task, few configurations."""
         settings: dict[str, Any] = dict(quick=True, per_task=1, max_new_tokens=12, gammas=[1, 4],
-                                        assisted_ks=[4], cost_ks=[1, 2, 3, 5])
+                                        assisted_ks=[4], cost_ks=[1, 2, 3, 5], backend="transformers")
         settings.update(overrides)
         return cls(**settings)
 
@@ -70,22 +74,26 @@ class BenchConfig:
         unknown = sorted(set(self.peers) - set(PEERS))
         if unknown:
             raise ValueError(f"unknown peer(s) {unknown}: choose from {list(PEERS)}")
+        from .llama_server import MODES
+
+        unknown_modes = sorted(set(self.server_modes) - set(MODES))
+        if unknown_modes:
+            raise ValueError(f"unknown llama-server mode(s) {unknown_modes}: choose from {list(MODES)}")
+        if self.backend not in ("auto", "llama.cpp", "transformers"):
+            raise ValueError(f"unknown backend {self.backend!r}: auto, llama.cpp or transformers")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be >= 0, got {self.temperatures}")
 
 
 def machine_info() -> dict[str, Any]:
     """Where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     import transformers
 
+    from ..machine import available_cores, cpu_isa, cpu_model
+
     info = {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "isa": cpu_isa(), "cores": available_cores(),
+        "torch_threads": torch.get_num_threads(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -97,29 +105,58 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _load_pair(cfg: BenchConfig) -> tuple[Any, Any, str | None]:
-    """Target, draft and the target's GGUF path (for llama.cpp; None when unknown)."""
+def _gguf(name: str, quiet: bool) -> str | None:
+    """The GGUF file of a built-in name or a .gguf path (None when there is none)."""
+    from .. import registry
+
+    if name in registry.BUILTINS:
+        path = registry.gguf_file(registry.BUILTINS[name], quiet=quiet)
+        return str(path) if path else None
+    return name if name.endswith(".gguf") else None
+
+
+def _load_pair(cfg: BenchConfig) -> tuple[Any, Any, str | None, str | None]:
+    """Target, draft and their GGUF paths (for the llama.cpp peers; None when unknown)."""
     if cfg.quick:
         from ..toy import tiny_llama_pair
 
         target, draft = tiny_llama_pair()
-        return target, draft, None
-    from .. import registry
+        return target, draft, None, None
     from ..models import load_model
 
-    target = load_model(cfg.target, dtype=cfg.dtype, quiet=cfg.quiet)
-    draft = load_model(cfg.draft, dtype=cfg.dtype, quiet=cfg.quiet)
-    gguf = None
-    if cfg.target in registry.BUILTINS and "llamacpp" in cfg.peers and llama_cpp_available():
-        path = registry.gguf_file(registry.BUILTINS[cfg.target], quiet=cfg.quiet)
-        gguf = str(path) if path else None
-    elif cfg.target.endswith(".gguf"):
-        gguf = cfg.target
-    return target, draft, gguf
+    target = load_model(cfg.target, dtype=cfg.dtype, quiet=cfg.quiet, backend=cfg.backend)
+    draft = load_model(cfg.draft, dtype=cfg.dtype, quiet=cfg.quiet, backend=cfg.backend)
+    return target, draft, _gguf(cfg.target, cfg.quiet), _gguf(cfg.draft, cfg.quiet)
+
+
+def _skip(skipped: list[str], line: str) -> None:
+    if line not in skipped:
+        skipped.append(line)
+
+
+def _server_runners(cfg: BenchConfig, gguf: str | None, draft_gguf: str | None, skipped: list[str],
+                    cache: dict[str, Any]) -> list[Any]:
+    """llama-server in each mode (started once, shared by the sampling passes), or a line saying why not."""
+    from .llama_server import LlamaServerRunner, find_llama_server
+
+    binary = find_llama_server()
+    if binary is None:
+        _skip(skipped, "skipped llama-server peers: not built (make llama-server)")
+        return []
+    if gguf is None:
+        _skip(skipped, "skipped llama-server peers: no GGUF file for this target")
+        return []
+    runners = []
+    for mode in cfg.server_modes:
+        if mode not in cache:
+            cache[mode] = LlamaServerRunner(binary, gguf, mode, draft_gguf=draft_gguf)
+        runners.append(cache[mode])
+    return runners
 
 
 def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampling: Sampling,
-             skipped: list[str]) -> list[Any]:
+             skipped: list[str], draft_gguf: str | None = None, servers: dict[str, Any] | None = None
+             ) -> list[Any]:
     greedy = sampling.temperature == 0
     from ..drafters import ModelDrafter, NgramDrafter, NgramThenModel
 
@@ -129,10 +166,17 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     if cfg.default_gamma not in [*gammas, "auto"]:
         runners.append(OursRunner(target, draft, gamma=cfg.default_gamma))
     if "ngram" in cfg.drafters:
-        runners.append(OursRunner(target, NgramDrafter(), gamma="auto", label="ngram"))
+        runners.append(OursRunner(target, NgramDrafter(), gamma="auto", label="ngram",
+                                  lookup_gamma_max=cfg.lookup_gamma_max))
     if "ngram+model" in cfg.drafters:
         runners.append(OursRunner(target, NgramThenModel(NgramDrafter(), ModelDrafter(draft)), gamma="auto",
-                                  label="ngram+model"))
+                                  label="ngram+model", lookup_gamma_max=cfg.lookup_gamma_max))
+    if "llama-server" in cfg.peers and greedy:
+        runners += _server_runners(cfg, gguf, draft_gguf, skipped, servers if servers is not None else {})
+    if getattr(target, "backend", "transformers") != "transformers":
+        if set(cfg.peers) & set(HF_PEERS):
+            _skip(skipped, "skipped transformers generate() peers: they need --backend transformers")
+        return runners + _llama_cpp_peers(cfg, target, gguf, greedy, skipped)
     if "hf" in cfg.peers:
         runners.append(HFRunner(target))
     if "assisted" in cfg.peers:
@@ -141,20 +185,24 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
         runners.append(HFRunner(target, "assisted", draft))
     if "lookup" in cfg.peers:
         runners.append(HFRunner(target, "lookup", lookup_tokens=cfg.lookup_tokens))
-    if "llamacpp" in cfg.peers and greedy:
-        reason = None
-        if not llama_cpp_available():
-            reason = "llama-cpp-python is not installed (pip install 'specdecode[llamacpp]')"
-        elif gguf is None:
-            reason = "no GGUF file for this target (built-in models with their chunk packages, or a .gguf)"
-        if reason:
-            line = f"skipped llama.cpp peers: {reason}"
-            if line not in skipped:
-                skipped.append(line)
-        else:
-            eos = set(getattr(target, "eos_token_ids", set()) or set())
-            runners += [LlamaCppRunner(gguf, eos), LlamaCppRunner(gguf, eos, lookup_tokens=cfg.lookup_tokens)]
-    return runners
+    return runners + _llama_cpp_peers(cfg, target, gguf, greedy, skipped)
+
+
+def _llama_cpp_peers(cfg: BenchConfig, target: Any, gguf: str | None, greedy: bool, skipped: list[str]
+                     ) -> list[Any]:
+    """llama-cpp-python's own `Llama.generate` (plain and prompt lookup) on the target's GGUF."""
+    if "llamacpp" not in cfg.peers or not greedy:
+        return []
+    reason = None
+    if not llama_cpp_available():
+        reason = "llama-cpp-python is not installed (pip install 'specdecode[llamacpp]')"
+    elif gguf is None:
+        reason = "no GGUF file for this target (built-in models with their chunk packages, or a .gguf)"
+    if reason:
+        _skip(skipped, f"skipped llama.cpp peers: {reason}")
+        return []
+    eos = set(getattr(target, "eos_token_ids", set()) or set())
+    return [LlamaCppRunner(gguf, eos), LlamaCppRunner(gguf, eos, lookup_tokens=cfg.lookup_tokens)]
 
 
 def _sample(prompt: BenchPrompt, sampling: Sampling, rnd: int, runner: Any, run: Any) -> dict[str, Any]:
@@ -193,7 +241,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     started = datetime.datetime.now()
     out = Path(cfg.out) / started.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    target, draft, gguf = _load_pair(cfg)
+    target, draft, gguf, draft_gguf = _load_pair(cfg)
     say = (lambda msg: None) if cfg.quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     say("measuring the cost curve T(k) of the target and T(1) of the draft ...")
     t_target = cost_curve(target, cfg.cost_ks, repeats=2 if cfg.quick else 3)
@@ -203,7 +251,8 @@ def run_bench(cfg: BenchConfig) -> Path:
     encoder = OursRunner(target, None).gen
     skipped: list[str] = []
     plan = [(Sampling(t, 1.0 if t == 0 else cfg.top_p),) for t in cfg.temperatures]
-    runner_sets = {s[0]: _runners(cfg, target, draft, gguf, s[0], skipped) for s in plan}
+    servers: dict[str, Any] = {}
+    runner_sets = {s[0]: _runners(cfg, target, draft, gguf, s[0], skipped, draft_gguf, servers) for s in plan}
     for line in skipped:
         say(line)
     total = sum(len(r) for r in runner_sets.values()) * len(prompts) * cfg.rounds
@@ -227,8 +276,11 @@ def run_bench(cfg: BenchConfig) -> Path:
                     if sampling.temperature == 0:
                         _exactness(target, prompt_ids, batch)
                     samples.extend(batch)
+    for server in servers.values():
+        server.close()
     results = {
         "date": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv), "config": asdict(cfg),
+        "backend": getattr(target, "backend", "transformers"),
         "machine": machine_info(), "target": cfg.target if not cfg.quick else "tiny-llama (random)",
         "draft": cfg.draft if not cfg.quick else "tiny-llama (noisy copy)",
         "dtype": str(target.dtype).removeprefix("torch."), "device": str(target.device),
