@@ -252,7 +252,7 @@ def test_cli_generate_on_llama_cpp(files, capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["backend"] == "llama.cpp" and out["dtype"].startswith("gguf")
     assert len(out["token_ids"]) == 12 and out["stats"]["drafted"] > 0
-    assert out["compare"]["identical"] or out["compare"]["divergence"]["top2_margin"] <= 0.6
+    assert out["compare"]["identical"] or out["compare"]["divergence"]["top2_margin"] <= 0.75
     code = main(["generate", "--target", str(files["target"]), "--dtype", "bf16", "--quiet", "hi"])
     assert code == 2 and "applies to the transformers backend" in capsys.readouterr().err
 
