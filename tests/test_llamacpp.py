@@ -271,3 +271,12 @@ def test_callable_drafter_on_llama_cpp_keeps_the_distribution_argument(target):
         seq.append(token)
     target.reset()
 
+
+
+def test_tokenizer_outlives_its_model(files):
+    """The tokenizer keeps llama.cpp's vocabulary alive after its model object is gone (no dangling pointer)."""
+    import gc
+
+    tokenizer = LlamaCppModel(files["target"]).tokenizer
+    gc.collect()
+    assert tokenizer.decode(tokenizer("hello world")["input_ids"]) == "hello world"

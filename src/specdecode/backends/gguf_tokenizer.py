@@ -14,8 +14,9 @@ class GGUFTokenizer:
     special tokens parsed in text (as transformers does), and the chat template from the GGUF metadata
     rendered with jinja2 as transformers renders it."""
 
-    def __init__(self, lib: Any, model: Any, vocab: Any) -> None:
+    def __init__(self, lib: Any, model: Any, vocab: Any, owner: Any = None) -> None:
         self._lib, self._model, self._vocab = lib, model, vocab
+        self._owner = owner  # keeps the llama.cpp model (and so `vocab`) alive as long as this tokenizer
         self.vocab_size = int(lib.llama_vocab_n_tokens(vocab))
         template = lib.llama_model_chat_template(model, None)
         self.chat_template: str | None = template.decode("utf-8") if template else None

@@ -85,6 +85,22 @@ def check_gguf_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+class _Weights:
+    """Owns a loaded llama.cpp model (weights and vocabulary): freed when the last holder lets go, so a
+    tokenizer kept after its `LlamaCppModel` is gone still works."""
+
+    def __init__(self, lib: Any, ptr: Any) -> None:
+        self.lib, self.ptr = lib, ptr
+
+    def __del__(self) -> None:
+        try:
+            if self.ptr:
+                self.lib.llama_model_free(self.ptr)
+                self.ptr = None
+        except Exception:  # interpreter shutdown: llama.cpp may already be gone
+            pass
+
+
 class LlamaCppModel:
     """A GGUF model on llama.cpp with one KV-cache sequence that can be rolled back.
 
@@ -106,7 +122,8 @@ class LlamaCppModel:
         params.n_gpu_layers = 0
         params.load_mode = lib.LLAMA_LOAD_MODE_MMAP
         _log.clear()
-        self._model = lib.llama_model_load_from_file(self.path.encode(), params)
+        self._weights = _Weights(lib, lib.llama_model_load_from_file(self.path.encode(), params))
+        self._model = self._weights.ptr
         if not self._model:
             arch = gguf_architecture(self.path)
             log = _recent_log()
@@ -126,7 +143,7 @@ class LlamaCppModel:
         self.n_threads = n_threads or available_cores()
         self.n_batch = int(n_batch)
         self.device = torch.device("cpu")
-        self.tokenizer = GGUFTokenizer(lib, self._model, self._vocab)
+        self.tokenizer = GGUFTokenizer(lib, self._model, self._vocab, owner=self._weights)
         self.eos_token_ids = self.tokenizer.eog_token_ids
         buf = ctypes.create_string_buffer(256)
         lib.llama_model_desc(self._model, buf, 256)
@@ -265,7 +282,8 @@ class LlamaCppModel:
         self._ctx = self._mem = None
 
     def close(self) -> None:
-        """Free llama.cpp's context, batch and model now (otherwise when garbage-collected)."""
+        """Free llama.cpp's context and batch now (otherwise when garbage-collected); the weights go with the
+        last reference to them (this model, or its tokenizer)."""
         lib = getattr(self, "_lib", None)
         if lib is None:
             return
@@ -273,9 +291,8 @@ class LlamaCppModel:
         if getattr(self, "_batch", None) is not None:
             lib.llama_batch_free(self._batch)
             self._batch = None
-        if getattr(self, "_model", None):
-            lib.llama_model_free(self._model)
-            self._model = None
+        self._model = None  # the weights are freed with the last reference (this model or its tokenizer)
+        self._weights = None
 
     def __del__(self) -> None:
         try:
