@@ -274,7 +274,7 @@ def test_callable_drafter_on_llama_cpp_keeps_the_distribution_argument(target):
 
 
 def test_tokenizer_outlives_its_model(files):
-    """The tokenizer keeps llama.cpp's vocabulary alive after its model object is gone (no dangling pointer)."""
+    """The tokenizer keeps llama.cpp's vocabulary alive after its model object is gone."""
     import gc
 
     tokenizer = LlamaCppModel(files["target"]).tokenizer
