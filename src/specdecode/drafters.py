@@ -180,10 +180,10 @@ class NgramDrafter:
         self._extend(sequence)  # only accepted text is ever indexed
 
     def source(self, sequence: list[int]) -> str:
-        """"ngram" for a match of two tokens or more, "ngram-1" for a single-token match: auto-gamma
-        tracks them apart, as one-token matches are right far less often."""
+        """"ngram" for a match of two tokens or more, "ngram-1" for a single-token match (auto-gamma
+        tracks them apart, as one-token matches are right far less often), "none" without a match."""
         n, _ = self.match(sequence)
-        return "ngram" if n >= 2 else "ngram-1"
+        return "ngram" if n >= 2 else "ngram-1" if n == 1 else "none"
 
 
 class NgramThenModel:
@@ -248,7 +248,8 @@ def draft_models(drafter: Any) -> list[Any]:
         return [drafter.model]
     if isinstance(drafter, NgramThenModel):
         return [drafter.model.model]
-    return []
+    fallback = getattr(drafter, "fallback", None)  # a prediction drafter hands over to another
+    return draft_models(fallback) if fallback is not None else []
 
 
 def has_lookup_source(drafter: Any) -> bool:

@@ -121,7 +121,7 @@ class DecodeLoop:
             self._prefill(seq)
             while generated < max_new_tokens:
                 budget = max_new_tokens - generated
-                source = self._source(seq) if self.policy else ""
+                source = self._source(seq) if self.gamma > 0 else ""
                 chosen = self.policy.choose(budget, source) if self.policy else self.gamma
                 gamma = min(chosen, self.gamma, budget - 1)
                 base = len(seq)
@@ -152,6 +152,9 @@ class DecodeLoop:
 
                 stats.drafted += gamma
                 stats.accepted += n
+                if gamma:
+                    stats.drafted_by_source[source] = stats.drafted_by_source.get(source, 0) + gamma
+                    stats.accepted_by_source[source] = stats.accepted_by_source.get(source, 0) + n
                 for i in range(gamma):
                     stats.drafted_per_position[i] += 1
                     stats.accepted_per_position[i] += int(i < n)
@@ -179,6 +182,9 @@ class DecodeLoop:
             stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0
             if self.policy is not None:
                 stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
+            stats.accepted_prediction_tokens = stats.accepted_by_source.get("prediction", 0)
+            stats.rejected_prediction_tokens = (stats.drafted_by_source.get("prediction", 0)
+                                                - stats.accepted_prediction_tokens)
             stats.mean_tokens_per_target_call = (
                 stats.new_tokens / stats.target_calls if stats.target_calls else 0.0
             )

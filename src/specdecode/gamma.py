@@ -125,6 +125,8 @@ class AutoGamma:
 
     def choose(self, budget: int, source: str = "model") -> int:
         """The number of draft tokens for the next iteration (0: a plain step)."""
+        if source == "none":  # the drafter has nothing to propose: a plain step
+            return 0
         alpha = self.alphas.get(source, self.alpha)
         g = min(best_gamma(alpha, self.costs, self.limit(source), self.draft_s(source)), max(budget - 1, 0))
         if g > 0:

@@ -12,6 +12,7 @@ from .drafters import as_drafter, draft_models, has_lookup_source
 from .engine import DecodeLoop
 from .gamma import AutoGamma, CostModel
 from .models import as_model, check_pair
+from .prediction import PredictionDrafter
 from .results import GenerationResult, GenerationStats
 from .sampling import SamplingParams
 from .text import TextStream
@@ -63,13 +64,13 @@ class SpeculativeGenerator:
                 )
             check_pair(self.target, model)
 
-    def _costs(self, gamma_max: int) -> CostModel:
+    def _costs(self, gamma_max: int, drafter: Any = None) -> CostModel:
         """The measured costs auto-gamma works from (calibrated once per generator, cached on disk)."""
         costs = self._cost_models.get(gamma_max)
         if costs is None:  # a curve measured for longer blocks serves shorter ones too
             costs = next((c for k, c in sorted(self._cost_models.items()) if k >= gamma_max), None)
         if costs is None:
-            costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter, gamma_max)
+            costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter or drafter, gamma_max)
         return costs
 
     @property
@@ -106,6 +107,7 @@ class SpeculativeGenerator:
         chat: bool = False,
         generator: torch.Generator | None = None,
         tokens: bool = False,
+        prediction: str | Sequence[int] | None = None,
     ) -> GenerationStream:
         """Stream a completion as text pieces (`tokens=True`: lists of token ids).
 
@@ -117,14 +119,21 @@ class SpeculativeGenerator:
         and the running acceptance rate (see `specdecode.gamma`). seed (or a
         torch.Generator) makes sampling reproducible.
         stop: strings that end generation (not included in the text). max_new_tokens is never exceeded.
+        prediction: the expected output, as text or token ids (OpenAI's Predicted Outputs; e.g. the file
+        being edited). It drafts wherever the output follows it, the generator's own drafter elsewhere;
+        the output is exactly what the same call without it gives. `stats.accepted_prediction_tokens`
+        and `rejected_prediction_tokens` count its proposals.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        drafter = self.drafter
+        if prediction is not None:
+            drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=self.drafter)
         auto = gamma == "auto"
         if auto:
             for label, value in (("gamma_max", gamma_max), ("lookup_gamma_max", lookup_gamma_max)):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
-            lookup_gamma_max = lookup_gamma_max if has_lookup_source(self.drafter) else gamma_max
+            lookup_gamma_max = lookup_gamma_max if has_lookup_source(drafter) else gamma_max
             gamma = max(gamma_max, lookup_gamma_max)
         elif not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
             raise ValueError(
@@ -143,8 +152,8 @@ class SpeculativeGenerator:
             else:
                 generator.manual_seed(int(seed))
         policy = None
-        if auto and self.drafter is not None:  # measures costs the first time: before the caches start
-            policy = AutoGamma(self._costs(int(gamma)), gamma_max=gamma_max,
+        if auto and drafter is not None:  # measures costs the first time: before the caches start
+            policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
         sequence = self._begin(prompt_ids)
         limit = getattr(self.target, "max_length", None)
@@ -155,13 +164,13 @@ class SpeculativeGenerator:
                     "shorten the prompt"
                 )
             max_new_tokens = min(max_new_tokens, limit - len(sequence))
-        for model in [self.target, *draft_models(self.drafter)]:  # size llama.cpp contexts up front
+        for model in [self.target, *draft_models(drafter)]:  # size llama.cpp contexts up front
             if hasattr(model, "reserve"):
                 room = len(sequence) + max_new_tokens + int(gamma) + 1
                 model_limit = getattr(model, "max_length", None)
                 model.reserve(min(room, model_limit) if model_limit else room)
         eos = set(getattr(self.target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(self.target, self.drafter, params, gamma, generator, eos, prompt_ids, policy)
+        loop = DecodeLoop(self.target, drafter, params, gamma, generator, eos, prompt_ids, policy)
         loop.stats.prompt_tokens = len(prompt_ids)
         stream = GenerationStream(iter(()))
         stream._pieces = self._pieces(loop, sequence, max_new_tokens, stops, tokens, stream)
@@ -197,6 +206,21 @@ class SpeculativeGenerator:
             chunks.close()
             loop.stats.new_tokens = len(text.token_ids)
             stream.result = GenerationResult(text.token_ids, text.text, loop.stats)
+
+    def _prediction_ids(self, prediction: str | Sequence[int]) -> list[int]:
+        """The prediction's token ids (text is tokenised without special tokens, as output text would be)."""
+        if isinstance(prediction, str):
+            if self.tokenizer is None:
+                raise ValueError("a text prediction needs a tokenizer: pass token ids, or load the target "
+                                 "with its tokenizer")
+            return list(self.tokenizer(prediction, add_special_tokens=False)["input_ids"])
+        ids = _token_list(prediction)
+        vocab = int(self.target.vocab_size)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prediction token ids {bad[:5]} are outside the target's vocabulary "
+                             f"[0, {vocab})")
+        return ids
 
     def encode(self, prompt: Prompt, chat: bool = False) -> list[int]:
         """The prompt's token ids exactly as `stream` feeds them (chat template applied when `chat`)."""

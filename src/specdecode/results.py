@@ -38,6 +38,12 @@ class GenerationStats:
     tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     gamma_histogram: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per gamma
+    drafted_by_source: dict[str, int] = field(default_factory=dict)  # "model", "ngram", "prediction", ...
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+    # predicted outputs, with OpenAI's meanings: prediction tokens that were proposed and appear in the
+    # completion, and those proposed and rejected (still billed as completion tokens there)
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
     finish_reason: str = ""  # "stop" (EOS or stop string), "length" (budget) or "interrupted"
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +62,9 @@ class GenerationStats:
                 f"time target {self.target_s:.2f}s ({self._share(self.target_s)}) / "
                 f"draft {self.draft_s:.2f}s ({self._share(self.draft_s)})"
             )
+        if self.drafted_by_source.get("prediction"):
+            line += (f", prediction tokens accepted {self.accepted_prediction_tokens} / rejected "
+                     f"{self.rejected_prediction_tokens}")
         if self.gamma_histogram:
             line += ", gamma chosen " + " ".join(f"{g}:{n}" for g, n in self.gamma_histogram.items())
         return line
