@@ -352,3 +352,58 @@ def test_serve_rejects_bad_options(pair, capsys):
 
     assert cli.main(["serve", "--target", pair[0], "--port", "70000", "--quiet"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prediction_through_the_openai_client(client, local, stream):
+    """OpenAI's `prediction=` argument: same text as without it, usage counts as OpenAI names them."""
+    messages = [{"role": "user", "content": "Repeat: def f(x): return x"}]
+    expected = local.generate(messages, chat=True, max_new_tokens=30, temperature=0)
+    prediction = {"type": "content", "content": expected.text[:20] + "#junk#" + expected.text[20:]}
+    args = dict(model="tiny", messages=messages, max_tokens=30, temperature=0, prediction=prediction)
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                     **args))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        res = client.chat.completions.create(**args)
+        text, usage = res.choices[0].message.content, res.usage
+    assert text == expected.text
+    details = usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 0
+    assert details.accepted_prediction_tokens + details.rejected_prediction_tokens <= \
+        usage.model_extra["draft_tokens"]
+    # the same request through the library gives the same counts
+    again = local.generate(messages, chat=True, max_new_tokens=30, temperature=0,
+                           prediction=prediction["content"])
+    assert again.text == expected.text
+
+
+def test_prediction_as_text_parts_on_completions(server, local):
+    expected = local.generate("def g(y):", max_new_tokens=20, temperature=0)
+    body = {"model": "tiny", "prompt": "def g(y):", "max_tokens": 20, "temperature": 0,
+            "prediction": {"type": "content", "content": [{"type": "text", "text": expected.text[:10]},
+                                                          {"type": "text", "text": expected.text[10:]}]}}
+    res = httpx.post(f"{server}/v1/completions", json=body, timeout=60).json()
+    assert res["choices"][0]["text"] == expected.text
+    assert res["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
+    plain = httpx.post(f"{server}/v1/completions", json={**body, "prediction": None}, timeout=60).json()
+    assert "completion_tokens_details" not in plain["usage"]
+
+
+@pytest.mark.parametrize("prediction, fragment", [
+    ({"type": "content", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+     "prediction.content.0"),
+    ({"type": "file", "content": "x"}, "prediction.type"),
+    ({"content": "x"}, "prediction.type"),
+    ("just text", "prediction"),
+    ({"type": "content", "content": "word " * 5000}, "context window"),
+])
+def test_bad_predictions_are_400s_naming_the_field(server, prediction, fragment):
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 5, "prediction": prediction}
+    res = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+    assert res.status_code == 400, res.text
+    error = res.json()["error"]
+    assert fragment in error["message"] or fragment == error["param"], error
+    assert httpx.get(f"{server}/health").status_code == 200

@@ -30,6 +30,7 @@ class GenerationStream:
     def __init__(self, pieces: Iterator[Any]) -> None:
         self._pieces = pieces
         self.result: GenerationResult | None = None
+        self.live_stats: GenerationStats | None = None  # filled as the generation runs (progress displays)
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -173,6 +174,7 @@ class SpeculativeGenerator:
         loop = DecodeLoop(self.target, drafter, params, gamma, generator, eos, prompt_ids, policy)
         loop.stats.prompt_tokens = len(prompt_ids)
         stream = GenerationStream(iter(()))
+        stream.live_stats = loop.stats
         stream._pieces = self._pieces(loop, sequence, max_new_tokens, stops, tokens, stream)
         return stream
 

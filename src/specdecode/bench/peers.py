@@ -68,15 +68,19 @@ class OursRunner:
     family = "ours"
 
     def __init__(self, target: Any, draft: Any | None, gamma: int | str = 4, label: str = "model",
-                 lookup_gamma_max: int = 32) -> None:
+                 lookup_gamma_max: int = 32, uses_prediction: bool = False) -> None:
         self.gen = SpeculativeGenerator(target, draft)
         self.gamma, self.lookup_gamma_max = gamma, lookup_gamma_max
-        self.name = f"ours/{label} gamma={gamma}" if draft is not None else "ours/plain"
+        self.uses_prediction = uses_prediction  # drafts from the prompt's predicted output too
+        drafts = draft is not None or uses_prediction
+        self.name = f"ours/{label} gamma={gamma}" if drafts else "ours/plain"
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> Run:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int,
+            prediction: str | None = None) -> Run:
         stream = self.gen.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                                  top_p=sampling.top_p, gamma=self.gamma, seed=seed, tokens=True,
-                                 lookup_gamma_max=self.lookup_gamma_max)
+                                 lookup_gamma_max=self.lookup_gamma_max,
+                                 prediction=prediction if self.uses_prediction else None)
         start = time.perf_counter()
         first_s, first_n = 0.0, 0
         for chunk in stream:

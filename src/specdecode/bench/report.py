@@ -46,7 +46,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         groups = {k: v for k, v in by_key.items() if k[0] == temp}
         configs = list(dict.fromkeys(s["config"] for g in groups.values() for s in g.values()))
         tasks = list(dict.fromkeys(s["task"] for g in groups.values() for s in g.values()))
-        default = f"ours/model gamma={cfg['default_gamma']}"
+        default = (EDIT_DEFAULT if cfg.get("workload") == "edits"
+                   else f"ours/model gamma={cfg['default_gamma']}")
         table: dict[str, dict[str, dict[str, Any]]] = {}
         for config in configs:
             table[config] = {}
@@ -70,6 +71,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     "tokens_per_target_call": statistics.fmean(calls) if calls else None,
                     "identical": sum(same) / len(same) if same else None, "margins": margins, "n": len(runs),
                     "gamma_histogram": _histogram(runs),
+                    "accepted_prediction": sum(r.get("accepted_prediction_tokens") or 0 for r in runs),
+                    "rejected_prediction": sum(r.get("rejected_prediction_tokens") or 0 for r in runs),
+                    "bound": _bound(alphas, t_target),
                 }
         assisted = [c for c in configs if c.startswith("hf/assisted")]
         best_assisted = (max(assisted, key=lambda c: table[c]["all"]["tokens_per_s"] or 0)
@@ -120,6 +124,19 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
 
 AUTO, NGRAM, NGRAM_MODEL = "ours/model gamma=auto", "ours/ngram gamma=auto", "ours/ngram+model gamma=auto"
 SERVER_PLAIN = "llama-server/plain"
+EDIT_DEFAULT = "ours/prediction+ngram gamma=auto"
+
+
+def _bound(alphas: list[float], t_target: dict[int, float]) -> float | None:
+    """The best speedup over plain decoding that free drafts (lookups) accepted at the mean measured
+    alpha could reach on the measured T(k), over blocks of 1..64 tokens (i.i.d. acceptance)."""
+    if not alphas:
+        return None
+    from ..gamma import LOOKUP_S, CostModel
+
+    t = CostModel(dict(t_target), 0.0).t
+    alpha = min(statistics.fmean(alphas), 0.999)
+    return max(general_speedup(alpha, g, t, LOOKUP_S) for g in range(1, 65))
 
 
 def _mark(ok: bool) -> str:
@@ -213,6 +230,21 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
             parts += [f"### Our default ({s['default']}) against each peer (ratio of tokens/s)", ""]
             rows = [[p] + [_fmt(s["vs"][p][t], suffix="x") for t in tasks] for p in s["vs"]]
             parts += [_table(["peer", *tasks], rows), ""]
+        predicted = [c for c in s["configs"] if s["table"][c]["all"]["accepted_prediction"]
+                     or s["table"][c]["all"]["rejected_prediction"]]
+        if predicted:
+            parts += ["### Predicted outputs", "",
+                      "Prediction tokens accepted and rejected (sums over the prompts, OpenAI's meanings), "
+                      "tokens per target call, and the bound: the speedup over plain decoding that free "
+                      "drafts accepted at the measured alpha could reach on the measured T(k).", ""]
+            rows = [[c, t, str(s["table"][c][t]["accepted_prediction"]),
+                     str(s["table"][c][t]["rejected_prediction"]),
+                     _fmt(s["table"][c][t]["tokens_per_target_call"]), _fmt(s["table"][c][t]["alpha"], 3),
+                     _fmt(s["table"][c][t]["speedup"], suffix="x"),
+                     _fmt(s["table"][c][t]["bound"], suffix="x")]
+                    for c in predicted for t in tasks]
+            parts += [_table(["configuration", "task", "accepted", "rejected", "tokens/call", "alpha",
+                              "speedup vs our plain", "bound"], rows), ""]
         if s.get("vs_server"):
             parts += ["### Every configuration against llama-server's plain decoding (median per-prompt "
                       "ratio of decoding tokens/s)", ""]

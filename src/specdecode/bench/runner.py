@@ -32,6 +32,7 @@ class BenchConfig:
     server_modes: list[str] = field(
         default_factory=lambda: ["plain", "ngram-simple", "ngram-mod", "draft-simple"])
     lookup_gamma_max: int = 32
+    workload: str = "chat"  # chat (the six tasks) or edits (benchmarks/prompts/edits.jsonl, with predictions)
     tasks: list[str] | None = None
     per_task: int | None = None
     max_new_tokens: int | None = None  # None: each prompt's own
@@ -79,6 +80,8 @@ class BenchConfig:
         unknown_modes = sorted(set(self.server_modes) - set(MODES))
         if unknown_modes:
             raise ValueError(f"unknown llama-server mode(s) {unknown_modes}: choose from {list(MODES)}")
+        if self.workload not in ("chat", "edits"):
+            raise ValueError(f"unknown workload {self.workload!r}: chat or edits")
         if self.backend not in ("auto", "llama.cpp", "transformers"):
             raise ValueError(f"unknown backend {self.backend!r}: auto, llama.cpp or transformers")
         if any(t < 0 for t in self.temperatures):
@@ -160,6 +163,8 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     greedy = sampling.temperature == 0
     from ..drafters import ModelDrafter, NgramDrafter, NgramThenModel
 
+    if cfg.workload == "edits":
+        return _edit_runners(cfg, target, gguf, greedy, skipped, servers)
     runners: list[Any] = [OursRunner(target, None)]
     gammas: list[int | str] = list(sorted(set(cfg.gammas))) if greedy else []
     runners += [OursRunner(target, draft, gamma=g) for g in [*gammas, "auto"]]
@@ -186,6 +191,30 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     if "lookup" in cfg.peers:
         runners.append(HFRunner(target, "lookup", lookup_tokens=cfg.lookup_tokens))
     return runners + _llama_cpp_peers(cfg, target, gguf, greedy, skipped)
+
+
+def _edit_runners(cfg: BenchConfig, target: Any, gguf: str | None, greedy: bool, skipped: list[str],
+                  servers: dict[str, Any] | None) -> list[Any]:
+    """The edit workload: plain, n-gram, the prediction, prediction + n-gram; llama-server plain and its
+    n-gram modes; transformers' prompt lookup on that backend."""
+    from ..drafters import NgramDrafter
+
+    lmax = cfg.lookup_gamma_max
+    runners: list[Any] = [
+        OursRunner(target, None),
+        OursRunner(target, NgramDrafter(), gamma="auto", label="ngram", lookup_gamma_max=lmax),
+        OursRunner(target, None, gamma="auto", label="prediction", lookup_gamma_max=lmax,
+                   uses_prediction=True),
+        OursRunner(target, NgramDrafter(), gamma="auto", label="prediction+ngram", lookup_gamma_max=lmax,
+                   uses_prediction=True),
+    ]
+    if "llama-server" in cfg.peers and greedy:
+        modes = BenchConfig(**{**asdict(cfg), "server_modes": [m for m in cfg.server_modes
+                                                                if m != "draft-simple"]})
+        runners += _server_runners(modes, gguf, None, skipped, servers if servers is not None else {})
+    if "lookup" in cfg.peers and getattr(target, "backend", "transformers") == "transformers":
+        runners.append(HFRunner(target, "lookup", lookup_tokens=cfg.lookup_tokens))
+    return runners
 
 
 def _llama_cpp_peers(cfg: BenchConfig, target: Any, gguf: str | None, greedy: bool, skipped: list[str]
@@ -218,6 +247,8 @@ def _sample(prompt: BenchPrompt, sampling: Sampling, rnd: int, runner: Any, run:
         "drafted_per_position": stats.get("drafted_per_position"),
         "target_s": stats.get("target_s"), "draft_s": stats.get("draft_s"), "token_ids": run.token_ids,
         "gamma_histogram": stats.get("gamma_histogram") or None,
+        "accepted_prediction_tokens": stats.get("accepted_prediction_tokens"),
+        "rejected_prediction_tokens": stats.get("rejected_prediction_tokens"),
     }
 
 
@@ -237,7 +268,7 @@ def run_bench(cfg: BenchConfig) -> Path:
     from .report import write_report
 
     cfg.validate()
-    prompts = load_prompts(cfg.prompts_dir, cfg.tasks, cfg.per_task)
+    prompts = load_prompts(cfg.prompts_dir, cfg.tasks, cfg.per_task, cfg.workload)
     started = datetime.datetime.now()
     out = Path(cfg.out) / started.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +297,9 @@ def run_bench(cfg: BenchConfig) -> Path:
                     batch = []
                     for runner in runners:
                         bar.set_description(f"{prompt.id} {runner.name}")
-                        run = runner.run(prompt_ids, budget, sampling, seed=cfg.seed + rnd)
+                        extra = {"prediction": prompt.prediction} if getattr(runner, "uses_prediction",
+                                                                             False) else {}
+                        run = runner.run(prompt_ids, budget, sampling, seed=cfg.seed + rnd, **extra)
                         batch.append(_sample(prompt, sampling, rnd, runner, run))
                         bar.update(1)
                         a = batch[-1]["acceptance_rate"]

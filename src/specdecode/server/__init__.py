@@ -23,8 +23,10 @@ def warm_up(gen: Any, settings: ServerSettings) -> float:
     """One short generation, so the first request does not pay for kernel set-up or gamma calibration."""
     start = time.perf_counter()
     prompt = gen.encode("Hello") if gen.tokenizer is not None else [1, 2, 3]
-    gen.generate(prompt, max_new_tokens=2, gamma=settings.gamma, gamma_max=settings.gamma_max,
-                 lookup_gamma_max=settings.lookup_gamma_max)
+    # with a prediction too: its long blocks are calibrated now, never on a request
+    for prediction in (None, prompt):
+        gen.generate(prompt, max_new_tokens=2, gamma=settings.gamma, gamma_max=settings.gamma_max,
+                     lookup_gamma_max=settings.lookup_gamma_max, prediction=prediction)
     return time.perf_counter() - start
 
 

@@ -66,6 +66,11 @@ def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
                 "decode_tokens_per_s": round(stats.decode_tokens_per_s, 3),
             }
         )
+        if job.predicted:  # OpenAI's Predicted Outputs counts
+            usage["completion_tokens_details"] = {
+                "accepted_prediction_tokens": stats.accepted_prediction_tokens,
+                "rejected_prediction_tokens": stats.rejected_prediction_tokens,
+            }
     return usage
 
 
@@ -117,6 +122,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     metrics = Metrics()
     queue = GenerationQueue(metrics, settings.max_waiting)
     plain = SpeculativeGenerator(gen.target)  # for requests with speculative.draft = false
+    plain._cost_models = gen._cost_models  # one target, one cost curve: calibrated at start-up, shared
     app.state.metrics, app.state.queue, app.state.settings = metrics, queue, settings
     context = getattr(gen.target, "max_length", None)
     created = int(time.time())
@@ -201,7 +207,22 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             )
         return asked or min(default, context - prompt_len)
 
-    def _starter(body: _Common, prompt_ids: list[int], budget: int) -> Any:
+    async def _prediction_ids(body: _Common) -> list[int] | None:
+        """The request's predicted output as token ids, within the context window (else a 400)."""
+        if body.prediction is None:
+            return None
+        text = body.prediction.text()
+        if gen.tokenizer is None:
+            raise APIError(400, "prediction needs a tokenizer, and this model has none", "prediction")
+        ids = await queue.call(lambda: gen.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if context is not None and len(ids) > context:
+            raise APIError(400, f"the prediction is {len(ids)} tokens, more than the model's context "
+                           f"window of {context}: send a shorter prediction", "prediction",
+                           "context_length_exceeded")
+        return list(ids)
+
+    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None
+                 ) -> Any:
         spec = body.speculative
         use = gen if spec is None or spec.draft else plain
         gamma = spec.gamma if spec is not None and spec.gamma is not None else settings.gamma
@@ -221,6 +242,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             gamma=gamma,
             gamma_max=gamma_max,
             lookup_gamma_max=lookup_gamma_max,
+            prediction=prediction,
         )
 
         def start() -> Any:
@@ -244,7 +266,9 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             prompt_ids = await _prompt_ids(body.prompt_value(), False)
             default = COMPLETIONS_DEFAULT_MAX_TOKENS
         budget = _budget(body, len(prompt_ids), default)
-        start = _starter(body, prompt_ids, budget)
+        prediction = await _prediction_ids(body)
+        job.predicted = prediction is not None
+        start = _starter(body, prompt_ids, budget, prediction)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         kind = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}

@@ -52,6 +52,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class Prediction(BaseModel):
+    """OpenAI's Predicted Outputs: {"type": "content", "content": text or [{"type": "text", "text": ...}]}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["content"]
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        """The predicted text (text parts joined; any other part is refused, naming the field)."""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for i, part in enumerate(self.content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"prediction.content.{i}: a content part of type {part.get('type')!r} is "
+                               "not supported; predictions are text parts ({'type': 'text', 'text': ...})",
+                               "prediction")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
 class _Common(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -70,6 +92,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     speculative: SpeculativeOptions | None = None
+    prediction: Prediction | None = None
     user: str | None = None
     # defined by OpenAI, not supported yet: refused unless left at their neutral values
     logprobs: bool | int | None = None

@@ -30,6 +30,7 @@ class Job:
     first_piece: float | None = None
     finished: float | None = None
     cancelled: bool = False
+    predicted: bool = False  # the request sent a prediction (usage then reports its counts)
     result: Any = None  # GenerationResult, once the stream is closed
 
 

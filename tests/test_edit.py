@@ -1,0 +1,95 @@
+"""`specdecode edit`: the file as predicted output, on a real small model (SmolLM2-135M on llama.cpp):
+the same text as without the prediction, the diff, --write with a backup, --json, and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specdecode.cli import main
+from specdecode.edit import extract_code, make_task, unified_diff
+
+from .tiny_gguf import smollm2_path
+
+SOURCE = '''def add(a, b):
+    return a + b
+
+
+def sub(a, b):
+    return a - b
+
+
+def mul(a, b):
+    return a * b
+
+
+def div(a, b):
+    return a / b
+'''
+
+
+@pytest.fixture()
+def source(tmp_path):
+    path = tmp_path / "calc.py"
+    path.write_text(SOURCE)
+    return path
+
+
+def _edit(capsys, *argv: str) -> tuple[int, str, str]:
+    pytest.importorskip("llama_cpp")
+    code = main(["edit", "--target", str(smollm2_path()), "--quiet", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_edit_is_exact_and_uses_the_prediction(source, capsys):
+    code, out, _ = _edit(capsys, str(source), "-i", "Rename the function sub to subtract.", "--json",
+                         "--compare", "--max-new-tokens", "200")
+    report = json.loads(out)
+    assert code in (0, 1)  # 1 only if the small model ran past the budget
+    stats, cmp = report["stats"], report["compare"]
+    assert stats["accepted_prediction_tokens"] > 20, "most of the file should come from the prediction"
+    assert stats["mean_tokens_per_target_call"] > 2
+    assert cmp["identical"] or cmp["divergence"]["top2_margin"] <= 0.75  # llama.cpp near-tie margin
+    assert report["diff"] == unified_diff(make_task(source, "x"), report["text"])
+    assert source.read_text() == SOURCE  # no --write: untouched
+
+
+def test_edit_write_keeps_a_backup(source, capsys):
+    code, _, err = _edit(capsys, str(source), "-i", "Add a one-line docstring to each function.", "--write",
+                         "--max-new-tokens", "300")
+    if code == 1:
+        assert "nothing written" in err and source.read_text() == SOURCE
+        return
+    assert code == 0
+    backup = source.with_name("calc.py.orig")
+    assert backup.read_text() == SOURCE
+    assert source.read_text() != SOURCE or not backup.exists()
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("missing", ["-i", "x"], "no such file"),
+    ("binary", ["-i", "x"], "looks binary"),
+    ("large", ["-i", "x", "--max-bytes", "10"], "up to 10 bytes"),
+    ("text", ["-i", "   "], "instruction is empty"),
+])
+def test_edit_bad_input_exits_2(tmp_path, capsys, setup, args, message):
+    path = tmp_path / "f.py"
+    if setup == "binary":
+        path.write_bytes(b"\x00\x01binary")
+    elif setup in ("large", "text"):
+        path.write_text(SOURCE)
+    code = main(["edit", str(path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_extract_code_and_prediction_shape(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("x = 1\n")
+    task = make_task(path, "add y")
+    assert task.prediction == "```python\nx = 1\n```" and task.language == "python"
+    assert extract_code("Here:\n```python\nx = 1\ny = 2\n```\nDone.") == "x = 1\ny = 2\n"
+    assert extract_code("no fences at all") == "no fences at all"
+    assert unified_diff(task, "x = 1\n") == ""
