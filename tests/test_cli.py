@@ -181,3 +181,16 @@ def test_ctrl_c_prints_partial_text_and_stats_and_exits_130(tmp_path):
     assert len(first) == 20 and rest.endswith(b"\n")
     err_text = err.decode()
     assert "[interrupted]" in err_text and "tokens in" in err_text and "Traceback" not in err_text
+
+
+@pytest.mark.parametrize("module", ["fastapi", "uvicorn", "prometheus_client"])
+def test_a_missing_extra_is_one_line_and_exit_2(monkeypatch, capsys, pair, module):
+    for name in [m for m in sys.modules if m.startswith("specdecode.server")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if not installed
+    code = cli.main(["serve", "--target", pair[0], "--draft", "none", "--port", "8123", "--quiet"])
+    extra = "server"
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"pip install 'specdecode[{extra}]'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

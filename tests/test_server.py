@@ -319,7 +319,7 @@ def test_api_key(pair):
         _stop(proc)
 
 
-def test_an_exception_inside_generation_fails_that_request_only():
+def test_an_exception_inside_generation_fails_that_request_only(caplog):
     from fastapi.testclient import TestClient
 
     from specdecode.server import ServerSettings, create_app
@@ -338,8 +338,12 @@ def test_an_exception_inside_generation_fails_that_request_only():
     with TestClient(create_app(gen, ServerSettings("tiny", gamma=2)), raise_server_exceptions=False) as http:
         bad = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 8})
         assert bad.status_code == 500
-        assert "draft exploded" in bad.json()["error"]["message"]
-        assert bad.json()["error"]["type"] == "server_error"
+        error = bad.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "internal_error"
+        assert "draft exploded" not in error["message"], "exception text must not reach the client"
+        request_id = re.search(r"request id (req-[0-9a-f]+)", error["message"]).group(1)
+        logged = [r for r in caplog.records if request_id in r.getMessage()]
+        assert logged and "draft exploded" in str(logged[0].exc_info[1])
         good = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 8})
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 8
         streamed = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 4, "stream": True})

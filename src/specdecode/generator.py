@@ -157,11 +157,18 @@ class SpeculativeGenerator:
             policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
         sequence = self._begin(prompt_ids)
-        limit = getattr(self.target, "max_length", None)
+        # the draft reads the same sequence as the target: the smaller context window rules
+        windows = {"target": getattr(self.target, "max_length", None)}
+        draft_windows = [w for w in (getattr(m, "max_length", None) for m in draft_models(drafter)) if w]
+        if draft_windows:
+            windows["draft"] = min(draft_windows)
+        known = {k: v for k, v in windows.items() if v}
+        limit = min(known.values()) if known else None
         if limit is not None:
             if len(sequence) >= limit:
+                which = min(known, key=known.get)  # type: ignore[arg-type]
                 raise ValueError(
-                    f"prompt is {len(prompt_ids)} tokens but the target's context window is {limit}: "
+                    f"prompt is {len(prompt_ids)} tokens but the {which}'s context window is {limit}: "
                     "shorten the prompt"
                 )
             max_new_tokens = min(max_new_tokens, limit - len(sequence))

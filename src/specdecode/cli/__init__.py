@@ -14,6 +14,20 @@ from .parser import _parser
 __all__ = ["main"]
 
 
+EXTRAS = {"fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "matplotlib": "bench",
+          "gguf": "gguf", "accelerate": "gguf", "llama_cpp": "llamacpp"}
+
+
+def missing_extra(exc: ImportError) -> str:
+    """What to install for a missing optional module."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return f"a module is missing ({exc}); reinstall specdecode: pip install specdecode"
+    return (f"this command needs the '{extra}' extra ({module} is not installed): "
+            f"pip install 'specdecode[{extra}]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -30,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"specdecode: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional extra is not installed: one line naming the install
+        print(f"specdecode: error: {missing_extra(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("specdecode: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

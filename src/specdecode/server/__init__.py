@@ -13,7 +13,8 @@ try:
     from .app import ServerSettings, create_app
 except ImportError as exc:  # fastapi / uvicorn / prometheus_client missing
     raise ImportError(
-        f"the server needs the 'server' extra ({exc.name} is missing): pip install 'specdecode[server]'"
+        f"the server needs the 'server' extra ({exc.name} is missing): pip install 'specdecode[server]'",
+        name=exc.name,
     ) from None
 
 __all__ = ["ServerSettings", "create_app", "run_server", "warm_up"]

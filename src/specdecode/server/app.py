@@ -7,6 +7,7 @@ in `data: [DONE]`); `usage` also carries our speculation stats. Errors use OpenA
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+
+log = logging.getLogger("specdecode.server")
 
 
 class ServerSettings:
@@ -72,6 +75,13 @@ def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
                 "rejected_prediction_tokens": stats.rejected_prediction_tokens,
             }
     return usage
+
+
+def _internal_error(request_id: str, exc: BaseException | None = None) -> APIError:
+    """A 500 for the client (a generic message and the request id) whose details go to the server log."""
+    log.error("request %s failed", request_id, exc_info=exc if exc is not None else True)
+    return APIError(500, f"internal error while generating (request id {request_id}); the server log has "
+                    "the details", code="internal_error")
 
 
 def _finish_reason(job: Job) -> str:
@@ -149,7 +159,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        err = APIError(500, f"generation failed: {type(exc).__name__}: {exc}")
+        err = _internal_error("req-" + secrets.token_hex(8), exc)
         return JSONResponse(err.body(), status_code=500)
 
     @app.get("/health")
@@ -273,8 +283,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         kind = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
-        def pieces() -> AsyncIterator[str]:
-            return queue.run(job, start, request.is_disconnected)
+        def pieces(admitted: bool = False) -> AsyncIterator[str]:
+            return queue.run(job, start, request.is_disconnected, admitted=admitted)
 
         if not body.stream:
             text = []
@@ -319,15 +329,14 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                             }
                         ]
                     )
-                async with aclosing(pieces()) as stream:
+                async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
                         yield event([delta(piece)])
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"
                 return
-            except Exception as e:  # after the 200 went out: report in-band, end the stream
-                err = APIError(500, f"generation failed: {type(e).__name__}: {e}")
-                yield f"data: {json.dumps(err.body())}\n\n"
+            except Exception:  # after the 200 went out: report in-band, end the stream
+                yield f"data: {json.dumps(_internal_error(rid).body())}\n\n"
                 return
             if job.cancelled:
                 return

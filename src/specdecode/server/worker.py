@@ -62,15 +62,18 @@ class GenerationQueue:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(
-        self, job: Job, start: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]]
+        self, job: Job, start: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]],
+        admitted: bool = False,
     ) -> AsyncIterator[Any]:
         """Wait for the model, start the stream with `start()` on the model thread, yield its pieces.
 
         Stops early (job.cancelled) when `disconnected()` turns true between two pieces. Whatever ends
         it, the stream is closed on the model thread and its stats are recorded; `job.result` is set
-        once that is done.
+        once that is done. `admitted`: the caller already checked admission (a stream checks before its
+        200 goes out, so a 503 never arrives inside a stream).
         """
-        self.admit()
+        if not admitted:
+            self.admit()
         self._lock = self._lock or asyncio.Lock()
         self.waiting += 1
         self.metrics.queue_length.set(self.waiting)
