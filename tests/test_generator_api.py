@@ -122,6 +122,11 @@ def test_stop_string_cuts_text_and_tokens(gen):
     assert stop in decode(res.token_ids) and stop not in decode(res.token_ids[:-1])
     streamed = "".join(gen.stream("abc", max_new_tokens=40, stop=stop))
     assert streamed == res.text
+    s = res.stats  # every figure agrees with the text returned, not with the uncut last chunk
+    assert s.new_tokens == len(res.token_ids) < len(free.token_ids)
+    assert s.tokens_per_s == pytest.approx(s.new_tokens / s.wall_s)
+    assert s.mean_tokens_per_target_call == pytest.approx(s.new_tokens / s.target_calls)
+    assert s.decode_tokens_per_s == pytest.approx(s.new_tokens / (s.wall_s - s.prefill_s))
 
 
 def test_chat_template_and_messages(gen):

@@ -19,10 +19,8 @@ def fake_model(tmp_path: Path, monkeypatch, payload: bytes, parts: int = 3, sha:
         mod = pkgdir / f"fakechunk_part{i}"
         (mod / "data").mkdir(parents=True)
         (mod / "data" / f"part{i:02d}.bin").write_bytes(payload[(i - 1) * size : i * size])
-        (mod / "__init__.py").write_text(
-            "import os\ndef get_part_path():\n"
-            f"    return os.path.join(os.path.dirname(__file__), 'data', 'part{i:02d}.bin')\n"
-        )
+        # importing a chunk package would run its code: specdecode must only locate it
+        (mod / "__init__.py").write_text("raise RuntimeError('a chunk package was imported')\n")
     monkeypatch.syspath_prepend(str(pkgdir))
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path / "cache"))
     for i in range(1, 10):  # forget chunk modules an earlier test imported from its own directory
@@ -108,3 +106,18 @@ def test_missing_gguf_loader_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"needs the accelerate package.*pip install 'specdecode\[gguf\]'"):
         reg.fetch(spec, quiet=True)
     assert not reg.cached_dir(spec).exists()
+
+
+def test_dequantised_config_drops_the_gguf_quantization(tmp_path):
+    import transformers as tf
+
+    config = tf.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2)
+    config.quantization_config = {"quant_method": "gguf"}
+    assert reg.strip_gguf_quantization(config) is True
+    config.save_pretrained(tmp_path)
+    assert "quantization_config" not in (tmp_path / "config.json").read_text()
+    assert reg.strip_gguf_quantization(config) is False  # nothing left to strip
+    other = tf.LlamaConfig()
+    other.quantization_config = {"quant_method": "bitsandbytes"}
+    assert reg.strip_gguf_quantization(other) is False and other.quantization_config

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .protocol import start_sequence
 from .results import GenerationResult
 
 # Largest top-2 logit margin at which a greedy divergence still counts as a floating-point near-tie, per
@@ -49,11 +50,7 @@ def first_divergence(target: Any, prompt_ids: list[int], a: list[int], b: list[i
     pos = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
     if pos is None:
         return None
-    if hasattr(target, "begin"):
-        sequence = list(target.begin(prompt_ids))
-    else:
-        target.reset()
-        sequence = list(prompt_ids)
+    sequence = start_sequence(target, prompt_ids)
     with torch.inference_mode():
         logits = target.forward(torch.tensor([sequence + a[:pos]], dtype=torch.long))[0, -1].float()
     target.reset()

@@ -54,8 +54,8 @@ def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
     """Measured T(k), k up to gamma_max+1 (see `calibration_ks`), of the target and the drafter's call
     time, cached on disk per (target, draft, dtype, device, machine, threads) when the models have names."""
     from .drafters import draft_models
+    from .environment import cache_root
     from .gamma import CostModel, load_calibration, machine_key, save_calibration
-    from .registry import cache_root
 
     draft_names = [getattr(m, "name", "") for m in draft_models(drafter)] or [drafter.name]
     names = [getattr(target, "name", ""), *draft_names]

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .protocol import accepts_logits_to_keep, last_logits
+from .protocol import accepts_logits_to_keep, last_logits, start_sequence
 from .sampling import SamplingParams, adjusted_probs
 
 
@@ -71,14 +71,11 @@ class ModelDrafter:
 
     def begin(self, sequence: list[int], ctx: DraftContext) -> None:
         self.ctx = ctx
-        if hasattr(self.model, "begin"):
-            if list(self.model.begin(ctx.prompt_ids)) != list(sequence):
-                raise ValueError(
-                    "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
-                    "decoder-only draft, or different decoder start tokens): use a draft of the same kind"
-                )
-        else:
-            self.model.reset()
+        if start_sequence(self.model, list(ctx.prompt_ids)) != list(sequence):
+            raise ValueError(
+                "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
+                "decoder-only draft, or different decoder start tokens): use a draft of the same kind"
+            )
         # no prefill here: the first proposal feeds whatever the cache lacks, so a generation where
         # gamma=auto never drafts never pays for the draft's prompt
 

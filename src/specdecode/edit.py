@@ -8,11 +8,12 @@ import difflib
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write_text
 
 MAX_FILE_BYTES = 200_000
 SYSTEM = ("You are a careful software engineer. Apply the user's instruction to the file and reply with "
@@ -92,15 +93,7 @@ def write_atomically(path: Path, text: str, backup: bool = True) -> Path | None:
     if backup:
         saved = path.with_name(path.name + ".orig")
         shutil.copy2(path, saved)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, text, keep_mode_of=path)
     return saved
 
 

@@ -185,9 +185,4 @@ class DecodeLoop:
             stats.accepted_prediction_tokens = stats.accepted_by_source.get("prediction", 0)
             stats.rejected_prediction_tokens = (stats.drafted_by_source.get("prediction", 0)
                                                 - stats.accepted_prediction_tokens)
-            stats.mean_tokens_per_target_call = (
-                stats.new_tokens / stats.target_calls if stats.target_calls else 0.0
-            )
-            stats.tokens_per_s = stats.new_tokens / stats.wall_s if stats.wall_s > 0 else 0.0
-            decode_s = stats.wall_s - stats.prefill_s
-            stats.decode_tokens_per_s = stats.new_tokens / decode_s if decode_s > 0 else 0.0
+            stats.count(stats.new_tokens)

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fileio import atomic_write_text
 from .theory import tokens_per_second
 
 
@@ -178,8 +179,4 @@ def save_calibration(path: os.PathLike[str], key: str, costs: CostModel) -> None
     except (OSError, ValueError):
         data = {}
     data[key] = {"target_s": {str(k): v for k, v in costs.target_s.items()}, "draft_s": costs.draft_s}
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))

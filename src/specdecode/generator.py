@@ -13,6 +13,7 @@ from .engine import DecodeLoop
 from .gamma import AutoGamma, CostModel
 from .models import as_model, check_pair
 from .prediction import PredictionDrafter
+from .protocol import start_sequence
 from .results import GenerationResult, GenerationStats
 from .sampling import SamplingParams
 from .text import TextStream
@@ -213,7 +214,7 @@ class SpeculativeGenerator:
                 yield tail
         finally:
             chunks.close()
-            loop.stats.new_tokens = len(text.token_ids)
+            loop.stats.count(len(text.token_ids))  # a stop string may have cut the last chunk
             stream.result = GenerationResult(text.token_ids, text.text, loop.stats)
 
     def _prediction_ids(self, prediction: str | Sequence[int]) -> list[int]:
@@ -263,10 +264,7 @@ class SpeculativeGenerator:
 
     def _begin(self, prompt_ids: list[int]) -> list[int]:
         """Reset the target's cache; return the sequence it will be fed (the drafter starts in the loop)."""
-        if hasattr(self.target, "begin"):
-            return list(self.target.begin(prompt_ids))
-        self.target.reset()
-        return list(prompt_ids)
+        return start_sequence(self.target, prompt_ids)
 
 
 def _is_messages(prompt: Any) -> bool:

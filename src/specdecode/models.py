@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from .backends.hf import HFModel
+from .environment import quiet_transformers
 from .protocol import CausalLM
 
 
@@ -112,25 +111,6 @@ def _first_difference(a: dict[str, int], b: dict[str, int]) -> str:
     return "different tokenizer settings"
 
 
-@contextlib.contextmanager
-def quiet_transformers(quiet: bool = True) -> Iterator[None]:
-    """Silence transformers' progress bars and warnings inside the block (no-op when quiet is False)."""
-    if not quiet:
-        yield
-        return
-    from transformers.utils import logging as tf_logging
-
-    bars, verbosity = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
-    tf_logging.disable_progress_bar()
-    tf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tf_logging.set_verbosity(verbosity)
-        if bars:
-            tf_logging.enable_progress_bar()
-
-
 BACKENDS = ("auto", "llama.cpp", "transformers")
 
 
@@ -228,7 +208,7 @@ def _load_transformers(
 ) -> HFModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .registry import BUILTINS, fetch
+    from .registry import BUILTINS, fetch, strip_gguf_quantization
 
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = _parse_dtype(dtype, dev)
@@ -246,9 +226,11 @@ def _load_transformers(
     with quiet_transformers(quiet):
         try:
             config = AutoConfig.from_pretrained(source, **kwargs)
+            if "gguf_file" not in kwargs:  # a dequantised copy cached by an older version says "gguf"
+                strip_gguf_quantization(config)
             seq2seq = getattr(config, "is_encoder_decoder", False)
             auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs)
+            model = auto.from_pretrained(source, config=config, dtype=torch_dtype, **kwargs)
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"could not load model {name_or_path!r}: {exc}. Pass a built-in name "

@@ -52,3 +52,12 @@ def last_logits(model: Any, ids: torch.Tensor, keep: int, trim: bool) -> torch.T
     """Last `keep` rows of the model's logits for `ids` [1, T], as [keep, V]."""
     out = model.forward(ids, logits_to_keep=keep) if trim else model.forward(ids)
     return out[0, -keep:]
+
+
+def start_sequence(model: Any, prompt_ids: list[int]) -> list[int]:
+    """Reset `model` for a new sequence and return the tokens its cache must be fed (the prompt, or for an
+    encoder-decoder model, which encodes the prompt in `begin`, the decoder's start token)."""
+    if hasattr(model, "begin"):
+        return list(model.begin(prompt_ids))
+    model.reset()
+    return list(prompt_ids)

@@ -16,8 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
+
+from .environment import cache_root, quiet_transformers
+from .fileio import atomic_path
 
 MARKER = "specdecode-cache.json"  # written last: a cache directory without it is never loaded
 
@@ -64,10 +68,6 @@ BUILTINS: dict[str, BuiltinModel] = {
 }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECDECODE_CACHE") or Path.home() / ".cache" / "specdecode")
-
-
 def cached_dir(spec: BuiltinModel) -> Path:
     return cache_root() / "models" / spec.name
 
@@ -100,14 +100,20 @@ def lookup(name: str) -> BuiltinModel:
 
 
 def part_paths(spec: BuiltinModel) -> list[Path] | None:
-    """Paths of the installed chunk files in order, or None when a chunk package is missing."""
+    """Paths of the installed chunk files in order (`<package>/data/partNN.bin`), or None when a chunk
+    package is missing. The packages are located, never imported: none of their code runs."""
     paths = []
-    for dist in spec.distributions:
+    for i, dist in enumerate(spec.distributions, 1):
         try:
-            module = importlib.import_module(dist.replace("-", "_"))
-        except ImportError:
+            found = importlib.util.find_spec(dist.replace("-", "_"))
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
             return None
-        paths.append(Path(module.get_part_path()))
+        path = Path(list(found.submodule_search_locations)[0]) / "data" / f"part{i:02d}.bin"
+        if not path.is_file():
+            return None
+        paths.append(path)
     return paths
 
 
@@ -175,8 +181,6 @@ def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import quiet_transformers
-
     with quiet_transformers(quiet), tqdm(total=2, desc="dequantising GGUF (1-3 min)", disable=quiet) as bar:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_name)
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_name, dtype=torch.bfloat16)
@@ -184,10 +188,22 @@ def _dequantise(directory: str, gguf_name: str, dest: Path, quiet: bool) -> None
         # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model
         plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.bfloat16)
         plain.load_state_dict(loaded.state_dict())
+        strip_gguf_quantization(plain.config)  # the saved weights are plain bf16, not packed GGUF
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(dest)
         tokenizer.save_pretrained(dest)
         bar.update(1)
+
+
+def strip_gguf_quantization(config: Any) -> bool:
+    """Drop a GGUF `quantization_config` from a transformers config whose weights are no longer packed
+    (transformers would warn on every load that packed GGUF weights run in bf16); True if there was one."""
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if quant is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return False
+    del config.quantization_config
+    return True
 
 
 def _from_hub(spec: BuiltinModel, dest: Path) -> None:
@@ -226,11 +242,6 @@ def gguf_file(spec: BuiltinModel, quiet: bool = False) -> Path | None:
     parts = part_paths(spec)
     if parts is None:
         return None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{os.getpid()}-{spec.gguf_name}")
-    try:
+    with atomic_path(final) as tmp:
         assemble(spec, parts, tmp, quiet=quiet)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final

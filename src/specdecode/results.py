@@ -49,6 +49,15 @@ class GenerationStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def count(self, new_tokens: int) -> None:
+        """Set the number of tokens returned and the rates that depend on it (after a stop-string cut,
+        every figure agrees with the text returned)."""
+        self.new_tokens = new_tokens
+        self.mean_tokens_per_target_call = new_tokens / self.target_calls if self.target_calls else 0.0
+        self.tokens_per_s = new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+        decode_s = self.wall_s - self.prefill_s
+        self.decode_tokens_per_s = new_tokens / decode_s if decode_s > 0 else 0.0
+
     def summary(self) -> str:
         """One human-readable line."""
         line = (
