@@ -185,3 +185,35 @@ def test_observed_costs_rescale_the_whole_curve_and_resist_stalls():
     for _ in range(60):  # the machine really got twice as slow: the curve follows, shape kept
         costs.observe_target(1, 0.2)
     assert costs.t(1) == pytest.approx(0.2, rel=0.01) and costs.t(3) == pytest.approx(0.4, rel=0.01)
+
+
+def test_probe_state_is_kept_per_source():
+    """Plain steps under one source do not count toward another source's probe."""
+    policy = AutoGamma(CostModel({k: 0.1 for k in range(1, 10)}, 0.05), gamma_max=4, probe_every=4,
+                       alpha=0.0)
+    order = ["model", "model", "model", "other", "other", "other", "model", "other"]
+    chosen = [policy.choose(100, source) for source in order]
+    assert chosen == [0, 0, 0, 0, 0, 0, 1, 1]  # each source probes after its own 4th plain step
+
+
+def test_draft_cost_observations_are_bounded():
+    costs = CostModel({1: 0.1, 2: 0.12}, 0.01)
+    costs.observe_draft(10.0)  # one catch-up-sized stall
+    assert costs.draft_s <= 0.01 * 1.1 + 1e-12
+    costs.observe_draft(0.0)
+    assert costs.draft_s >= 0.011 * 0.95 - 1e-12
+
+
+def test_a_lagging_draft_catches_up_outside_its_per_call_cost():
+    from specdecode.drafters import DraftContext
+    from specdecode.results import GenerationStats
+    from specdecode.sampling import SamplingParams
+
+    model = TableLM(random_table(6, 1, seed=0))
+    drafter = ModelDrafter(model)
+    stats = GenerationStats()
+    ctx = DraftContext(SamplingParams(), [1, 2, 3], torch.Generator(), 6, torch.device("cpu"), stats)
+    drafter.begin([1, 2, 3], ctx)
+    drafter.propose([1, 2, 3, 4, 5, 1, 2, 3, 4, 5], 2)  # ten tokens it has never seen
+    assert stats.draft_calls == 2 and stats.draft_catchup_s > 0
+    assert stats.draft_tokens == 9 + 1 + 1  # nine caught up, the tenth with the first call, one more

@@ -12,6 +12,7 @@ output distribution the target's (a deterministic proposal has a one-hot q).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -88,6 +89,11 @@ class ModelDrafter:
         ctx = self.ctx
         assert ctx is not None, "begin() first"
         feed = torch.tensor([sequence[self.model.length :]], dtype=torch.long, device=ctx.device)
+        if feed.shape[1] > 2:  # catching up on text it skipped (lazy prefill, plain steps): timed apart,
+            start = time.perf_counter()  # so that auto-gamma's per-call draft cost stays a call's cost
+            self._forward(feed[:, :-1])
+            ctx.stats.draft_catchup_s += time.perf_counter() - start
+            feed = feed[:, -1:]
         tokens, qs = [], []
         for i in range(gamma):
             logits = self._forward(feed).to(ctx.device)

@@ -125,7 +125,7 @@ class DecodeLoop:
                 chosen = self.policy.choose(budget, source) if self.policy else self.gamma
                 gamma = min(chosen, self.gamma, budget - 1)
                 base = len(seq)
-                draft_s, draft_calls = stats.draft_s, stats.draft_calls
+                draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
                 q = None
                 if gamma > 0:
                     draft_tokens, q = self._propose(seq, gamma)
@@ -147,7 +147,8 @@ class DecodeLoop:
                 stats.target_s += target_s
                 if self.policy is not None:
                     self.policy.observe(source, gamma, float(beta_iter), feed.shape[1], target_s,
-                                        stats.draft_s - draft_s, stats.draft_calls - draft_calls)
+                                        stats.draft_s - stats.draft_catchup_s - draft_s,
+                                        stats.draft_calls - draft_calls)
                 n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
 
                 stats.drafted += gamma

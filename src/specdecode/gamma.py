@@ -57,8 +57,12 @@ class CostModel:
         self.target_s = {j: v * scale for j, v in self.target_s.items()}
 
     def observe_draft(self, seconds_per_call: float, weight: float = 0.1) -> None:
-        if not self.frozen:
-            self.draft_s = (1 - weight) * self.draft_s + weight * seconds_per_call
+        """Blend in one observed draft call, bounded like `observe_target`: one call moves the cost by at
+        most `weight` times a factor of 2."""
+        if self.frozen:
+            return
+        ratio = min(max(seconds_per_call / self.draft_s, 0.5), 2.0) if self.draft_s > 0 else 1.0
+        self.draft_s *= 1 - weight + weight * ratio
 
 
 LOOKUP_S = 1e-5  # a token lookup (n-gram source) costs next to nothing next to a model call
@@ -104,8 +108,8 @@ class AutoGamma:
     alpha_ceiling: float = 0.95  # about the best a separate draft model reaches (bf16 twins: ~0.97)
     histogram: Counter = field(default_factory=Counter)
     alphas: dict[str, float] = field(default_factory=dict)
-    _idle: int = 0
-    _wait: int = 0
+    _idle: Counter = field(default_factory=Counter)  # plain steps since the last probe, per source
+    _wait: dict[str, int] = field(default_factory=dict)  # plain steps before the next probe, per source
     _worth: dict[str, bool] = field(default_factory=dict)
 
     def draft_s(self, source: str) -> float:
@@ -131,13 +135,13 @@ class AutoGamma:
         alpha = self.alphas.get(source, self.alpha)
         g = min(best_gamma(alpha, self.costs, self.limit(source), self.draft_s(source)), max(budget - 1, 0))
         if g > 0:
-            self._wait = self.probe_every
-        elif budget > 1 and self.worth_probing(source):
-            self._idle += 1
-            self._wait = self._wait or self.probe_every
-            if self._idle >= self._wait:
-                self._idle, g = 0, 1
-                self._wait = min(2 * self._wait, self.max_probe_every)
+            self._wait[source] = self.probe_every
+        elif budget > 1 and self.worth_probing(source):  # probe state is per source: a source that
+            self._idle[source] += 1  # rarely comes up still gets probed when it does
+            wait = self._wait.setdefault(source, self.probe_every)
+            if self._idle[source] >= wait:
+                self._idle[source], g = 0, 1
+                self._wait[source] = min(2 * wait, self.max_probe_every)
         return g
 
     def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float,

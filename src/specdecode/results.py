@@ -35,6 +35,7 @@ class GenerationStats:
     prefill_s: float = 0.0
     target_s: float = 0.0
     draft_s: float = 0.0
+    draft_catchup_s: float = 0.0  # part of draft_s: a draft model catching up on text it did not draft
     tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     gamma_histogram: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per gamma
