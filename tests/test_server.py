@@ -175,6 +175,36 @@ def test_greedy_with_auto_gamma_stop_strings_and_plain_mode(client, local):
     assert stopped.choices[0].text == expected.text[: expected.text.index(stop)]
 
 
+def test_metrics_values_equal_the_sums_of_the_responses_usage(pair):
+    """Values, not names: prometheus_client prints every declared metric at zero, so only values prove
+    that the counters count. A fresh server, so nothing else has touched them."""
+    proc, url = _start(pair)
+    try:
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        usages = [c.completions.create(model="tiny", prompt=p, max_tokens=n, temperature=0.8, seed=i,
+                                       extra_body=SPEC).usage
+                  for i, (p, n) in enumerate([("def a(x):", 20), ("class B:", 12), ("import os", 30)])]
+        usages.append(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=9, temperature=0, extra_body=SPEC).usage)
+        ok_completions = _metric(url, "specdecode_requests_total", endpoint="/v1/completions", status="200")
+        ok_chat = _metric(url, "specdecode_requests_total", endpoint="/v1/chat/completions", status="200")
+        assert (ok_completions, ok_chat) == (3, 1)
+        assert _metric(url, "specdecode_generated_tokens_total") == sum(u.completion_tokens for u in usages)
+        assert _metric(url, "specdecode_prompt_tokens_total") == sum(u.prompt_tokens for u in usages)
+        drafted = sum(u.model_extra["draft_tokens"] for u in usages)
+        accepted = sum(u.model_extra["draft_tokens_accepted"] for u in usages)
+        calls = sum(u.model_extra["target_calls"] for u in usages)
+        assert drafted > 0, "gamma 3 must draft: otherwise this test compares zeros"
+        assert _metric(url, "specdecode_draft_tokens_total") == drafted
+        assert _metric(url, "specdecode_draft_tokens_accepted_total") == accepted
+        assert _metric(url, "specdecode_target_calls_total") == calls
+        assert _metric(url, "specdecode_acceptance_rate") == pytest.approx(accepted / drafted)
+        tokens = sum(u.completion_tokens for u in usages)
+        assert _metric(url, "specdecode_mean_tokens_per_target_call") == pytest.approx(tokens / calls)
+    finally:
+        _stop(proc)
+
+
 def test_models_health_and_metrics(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     health = httpx.get(f"{server}/health").json()

@@ -25,6 +25,7 @@ class Metrics:
             "generations stopped early because the client went away",
             registry=r,
         )
+        self._totals: dict[str, int] = {}  # running sums behind the two ratio gauges
         self.prompt_tokens = Counter("specdecode_prompt_tokens", "prompt tokens processed", registry=r)
         self.generated = Counter("specdecode_generated_tokens", "tokens generated", registry=r)
         self.target_calls = Counter(
@@ -75,9 +76,13 @@ class Metrics:
         self.target_s.inc(stats.target_s)
         self.draft_s.inc(stats.draft_s)
         self.prefill_s.inc(stats.prefill_s)
-        drafted, calls = self.drafted._value.get(), self.target_calls._value.get()
-        self.acceptance.set(self.accepted._value.get() / drafted if drafted else 0.0)
-        self.tokens_per_call.set(self.generated._value.get() / calls if calls else 0.0)
+        totals = self._totals
+        for key, value in (("drafted", stats.drafted), ("accepted", stats.accepted),
+                           ("calls", stats.target_calls), ("generated", stats.new_tokens)):
+            totals[key] = totals.get(key, 0) + value
+        drafted, calls = totals["drafted"], totals["calls"]
+        self.acceptance.set(totals["accepted"] / drafted if drafted else 0.0)
+        self.tokens_per_call.set(totals["generated"] / calls if calls else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
