@@ -41,7 +41,8 @@ def test_same_seed_same_output_and_different_seed_differs(gen):
     [
         (dict(gamma=0), "gamma must be 'auto' or an integer >= 1"),
         (dict(gamma=2.5), "gamma must be 'auto' or an integer >= 1"),
-        (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(temperature=-0.1), "temperature must be in \\[0, 2.0\\]"),
+        (dict(temperature=2.5), "temperature must be in \\[0, 2.0\\]"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
         (dict(top_k=-1), "top_k must be an integer >= 0"),

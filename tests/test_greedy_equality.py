@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+import torch
 
 from specdecode import SpeculativeGenerator, wrap
 
@@ -82,3 +83,23 @@ def test_plain_decoding_equals_generate(arch):
     res = SpeculativeGenerator(wrap(target)).generate(PROMPTS[1], max_new_tokens=24)
     assert res.token_ids == reference(arch, tuple(PROMPTS[1]), 24)
     assert res.stats.target_calls == 24 and res.stats.drafted == 0
+
+
+def test_sliding_window_model_rolls_back_past_its_window():
+    """A Mistral-style sliding-window config: rollback after the window is full still gives the model's
+    own greedy output (transformers' sliding-window cache cannot crop, so the adapter keeps a full one)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.MistralConfig(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           sliding_window=8)
+    target = tf.MistralForCausalLM(cfg).eval()
+    head = target.get_output_embeddings()
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape) * 0.5)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3]  # longer than the window
+    ref = reference_greedy(target, prompt, 30)
+    draft = noisy_copy(target, 0.3)
+    res = SpeculativeGenerator(wrap(target), wrap(draft)).generate(prompt, max_new_tokens=30, gamma=4)
+    assert res.token_ids == ref
+    assert res.stats.drafted > res.stats.accepted > 0  # rollbacks happened

@@ -39,7 +39,8 @@ def p_value(target: TableLM, draft, params: SamplingParams, gamma: int, prefix: 
     counts: Counter = Counter()
     for _ in range(SAMPLES):
         res = gen.generate(prefix, max_new_tokens=LENGTH, gamma=gamma, generator=rng,
-                           temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+                           temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                           min_p=params.min_p)
         counts[tuple(res.token_ids)] += 1
         if drafted is not None:
             drafted.append(res.stats.drafted)
@@ -66,8 +67,9 @@ def toy_pair() -> tuple[TableLM, TableLM]:
 
 @pytest.mark.parametrize(
     "params,gamma",
-    [(SamplingParams(temperature=1.0), 3), (SamplingParams(temperature=0.8, top_k=2, top_p=0.9), 2)],
-    ids=["t1-g3", "topk-topp-g2"],
+    [(SamplingParams(temperature=1.0), 3), (SamplingParams(temperature=0.8, top_k=2, top_p=0.9), 2),
+     (SamplingParams(temperature=1.2, min_p=0.35), 3)],
+    ids=["t1-g3", "topk-topp-g2", "minp-g3"],
 )
 def test_engine_samples_follow_target(params, gamma):
     target, draft = toy_pair()

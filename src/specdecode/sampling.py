@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+TEMPERATURE_MAX = 2.0  # as in OpenAI's API; the server and the library check the same bounds
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -22,9 +24,9 @@ class SamplingParams:
     min_p: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= TEMPERATURE_MAX:
             raise ValueError(
-                f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}"
+                f"temperature must be in [0, {TEMPERATURE_MAX}] (0 means greedy), got {self.temperature!r}"
             )
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")

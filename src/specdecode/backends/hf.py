@@ -80,9 +80,14 @@ class HFModel:
         if self.is_encoder_decoder:
             return EncoderDecoderCache(DynamicCache(), DynamicCache())
         try:
-            return DynamicCache(config=self.model.config)
+            cache = DynamicCache(config=self.model.config)
         except TypeError:  # transformers < 4.56
             return DynamicCache()
+        if any("Sliding" in type(layer).__name__ for layer in getattr(cache, "layers", [])):
+            # a sliding-window layer drops old positions and refuses to crop once its window is full; a
+            # full-length cache keeps them (the attention mask still applies the window), so rollback works
+            return DynamicCache()
+        return cache
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..sampling import TEMPERATURE_MAX
+
 
 class APIError(Exception):
     """An error returned to the client in OpenAI's shape: {"error": {message, type, param, code}}."""
@@ -82,7 +84,7 @@ class _Common(BaseModel):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float = Field(1.0, ge=0.0, le=TEMPERATURE_MAX)  # the bounds of SamplingParams
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # extension (as vLLM and llama.cpp accept)
     min_p: float = Field(0.0, ge=0.0, le=1.0)  # extension
