@@ -1,4 +1,6 @@
-"""Test 1: the exact output distribution of the speculative procedure, by enumeration (no sampling)."""
+"""Test 1: the exact output distribution of the real engine, by enumeration (no sampling): every random
+draw of a generation becomes an enumerated choice, so the product itself, not a model of it, is proven
+to give the target's distribution."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 import specdecode.acceptance as v
+from specdecode import SpeculativeGenerator
 from specdecode.drafters import NgramDrafter
 from specdecode.sampling import SamplingParams, adjusted_probs
 from specdecode.toy import TableLM, random_table
@@ -15,65 +18,80 @@ from specdecode.toy import TableLM, random_table
 LENGTH = 3
 
 
+class Oracle:
+    """Stands in for every random draw of one generation: each draw becomes a choice among its outcomes,
+    taken from `path` (first outcome past its end), and `weight` is the probability of the whole path."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.pos, self.weight = list(path), 0, 1.0
+        self.branching: list[int] = []
+        self._pending: tuple[int, int] | None = None  # (accepted count chosen, gamma) awaiting its acc
+
+    def choose(self, options: int) -> int:
+        if self.pos == len(self.path):
+            self.path.append(0)
+        self.branching.append(options)
+        self.pos += 1
+        return self.path[self.pos - 1]
+
+    def multinomial(self, probs: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+        assert probs.dim() == 2 and probs.shape[0] == 1 and num_samples == 1
+        support = (probs[0] > 0).nonzero().view(-1)
+        pick = self.choose(len(support))
+        self.weight *= float(probs[0, support[pick]]) / float(probs[0].sum())
+        return support[pick].view(1, 1)
+
+    def rand(self, batch: int, gamma: int, dtype=None, device=None, generator=None) -> torch.Tensor:
+        """The uniforms of one verify: outcome n accepts n drafts, then rejects (n < gamma)."""
+        assert batch == 1
+        n = self.choose(gamma + 1)
+        self._pending = (n, gamma)
+        u = torch.zeros(1, gamma, dtype=torch.float64)
+        if n < gamma:
+            u[0, n] = 1.0  # not below any acceptance probability: a rejection
+        return u
+
+    def weigh_acceptance(self, acc: torch.Tensor) -> None:
+        """The probability of the outcome `rand` chose, now that the acceptance probabilities are known."""
+        assert self._pending is not None
+        n, gamma = self._pending
+        a = acc[0].tolist()
+        for i in range(n):
+            self.weight *= a[i]
+        if n < gamma:
+            self.weight *= 1.0 - a[n]
+        self._pending = None
+
+
 def speculative_distribution(target, draft, params, gamma, prefix, length):
-    """P(output = s) for every sequence s of `length` new tokens under the speculative procedure.
-
-    Mirrors the engine: gamma is capped by the remaining budget, drafts are sampled from the adjusted q,
-    each draft position is accepted with probability min(1, p/q), the first rejection is resampled from
-    the residual and a fully accepted block gets a bonus token from p.
-    """
+    """P(output = s) for every sequence s of `length` new tokens, from the real engine: SpeculativeGenerator,
+    DecodeLoop, ModelDrafter (or a callable drafter) and verify, with every random draw (the draft's
+    samples, the uniforms, the resample or bonus) replaced by an enumerated choice, depth first."""
     result: dict[tuple[int, ...], float] = {}
+    gen = SpeculativeGenerator(target, draft)
+    real_acceptance = v.acceptance_probs
+    stack: list[list[int]] = [[]]
+    with pytest.MonkeyPatch.context() as mp:
+        while stack:
+            path = stack.pop()
+            oracle = Oracle(path)
 
-    def adjust(model, seq):
-        return adjusted_probs(model.logits_after(seq).unsqueeze(0), params)[0]
+            def acceptance(p, q, x, oracle=oracle):
+                acc = real_acceptance(p, q, x)
+                oracle.weigh_acceptance(acc)
+                return acc
 
-    def draft_options(seq, g, weight):
-        """(drafts, q rows, probability) of every proposal: enumerated for a model, one for a function."""
-        if callable(draft):
-            drafts = tuple(draft(seq, g))[:g]
-            yield drafts, [torch.nn.functional.one_hot(torch.tensor(t), target.vocab_size).double()
-                           for t in drafts], weight
-            return
-        for drafts in itertools.product(range(target.vocab_size), repeat=g):
-            q_rows, w_draft = [], weight
-            for i in range(g):
-                q_i = adjust(draft, seq + list(drafts[:i]))
-                q_rows.append(q_i)
-                w_draft *= float(q_i[drafts[i]])
-            if w_draft > 0.0:
-                yield drafts, q_rows, w_draft
-
-    def expand(seq: list[int], generated: tuple[int, ...], weight: float) -> None:
-        remaining = length - len(generated)
-        if remaining == 0:
-            result[generated] = result.get(generated, 0.0) + weight
-            return
-        g = min(gamma, remaining - 1)
-        vocab = target.vocab_size
-        for drafts, q_rows, w_draft in draft_options(seq, g, weight):
-            g = len(drafts)  # a deterministic drafter may propose fewer
-            p = torch.stack([adjust(target, seq + list(drafts[:i])) for i in range(g + 1)]).unsqueeze(0)
-            q = (torch.stack(q_rows) if g else torch.empty(0, vocab, dtype=torch.float64)).unsqueeze(0)
-            x = torch.tensor([list(drafts)], dtype=torch.long)
-            acc = v.acceptance_probs(p, q, x)[0].tolist()
-            reach = 1.0
-            for n in range(g + 1):
-                if n < g:
-                    stop_here = reach * (1.0 - acc[n])
-                    next_dist = v.residual(p[0, n], q[0, n])
-                else:
-                    stop_here = reach
-                    next_dist = p[0, g].double()
-                if stop_here > 0:
-                    for t in range(vocab):
-                        w = w_draft * stop_here * float(next_dist[t])
-                        if w > 0:
-                            emitted = tuple(drafts[:n]) + (t,)
-                            expand(seq + list(emitted), generated + emitted, w)
-                if n < g:
-                    reach *= acc[n]
-
-    expand(list(prefix), (), 1.0)
+            mp.setattr(torch, "multinomial", oracle.multinomial)
+            mp.setattr(torch, "rand", oracle.rand)
+            mp.setattr(v, "acceptance_probs", acceptance)
+            res = gen.generate(list(prefix), max_new_tokens=length, gamma=gamma, seed=0,
+                               temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                               min_p=params.min_p)
+            for k in range(len(path), len(oracle.path)):  # the outcomes not taken, to run later
+                stack += [oracle.path[:k] + [alt] for alt in range(1, oracle.branching[k])]
+            if oracle.weight > 0:
+                out = tuple(res.token_ids)
+                result[out] = result.get(out, 0.0) + oracle.weight
     return result
 
 

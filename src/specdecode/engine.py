@@ -148,7 +148,7 @@ class DecodeLoop:
                 if self.policy is not None:
                     self.policy.observe(source, gamma, float(beta_iter), feed.shape[1], target_s,
                                         stats.draft_s - stats.draft_catchup_s - draft_s,
-                                        stats.draft_calls - draft_calls)
+                                        stats.draft_calls - draft_calls, accepted=host[0])
                 n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
 
                 stats.drafted += gamma

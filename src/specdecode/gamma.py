@@ -101,6 +101,8 @@ class AutoGamma:
     gamma_max: int = 8  # the longest block for a model draft
     lookup_gamma_max: int = 8  # the longest block for a lookup source (n-gram, prediction)
     alpha: float = 0.6  # prior until a source's first verified position
+    # priors per source: a prediction is the user's own guess of the output, usually right
+    priors: dict[str, float] = field(default_factory=lambda: {"prediction": 0.9})
     decay: float = 0.8  # weight of the past in the running alpha
     probe_every: int = 8
     max_probe_every: int = 256
@@ -111,6 +113,8 @@ class AutoGamma:
     _idle: Counter = field(default_factory=Counter)  # plain steps since the last probe, per source
     _wait: dict[str, int] = field(default_factory=dict)  # plain steps before the next probe, per source
     _worth: dict[str, bool] = field(default_factory=dict)
+    run_decay: float = 0.9  # per iteration, for the run counts of lookup sources
+    _runs: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def draft_s(self, source: str) -> float:
         return LOOKUP_S if is_lookup(source) else self.costs.draft_s
@@ -132,7 +136,7 @@ class AutoGamma:
         """The number of draft tokens for the next iteration (0: a plain step)."""
         if source == "none":  # the drafter has nothing to propose: a plain step
             return 0
-        alpha = self.alphas.get(source, self.alpha)
+        alpha = self.alphas.get(source, self.priors.get(source, self.alpha))
         g = min(best_gamma(alpha, self.costs, self.limit(source), self.draft_s(source)), max(budget - 1, 0))
         if g > 0:
             self._wait[source] = self.probe_every
@@ -145,11 +149,25 @@ class AutoGamma:
         return g
 
     def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float,
-                draft_s: float, draft_calls: int) -> None:
-        """One finished iteration: what was proposed and verified, and what it cost."""
+                draft_s: float, draft_calls: int, accepted: int | None = None) -> None:
+        """One finished iteration: what was proposed and verified (beta_sum: sum of min(p, q) over the
+        proposed positions; accepted: the accepted prefix), and what it cost.
+
+        A model's guesses are about independent per position, so its alpha is the running mean of beta.
+        A lookup's are not: it copies runs of text that are right until an edit point and then wrong at
+        once. Its alpha is the chance to continue a run, from decayed counts of accepted tokens and of
+        rejections (a geometric fit of the run lengths), which is what E(alpha, gamma) needs."""
         self.histogram[proposed] += 1
-        if proposed:
-            old = self.alphas.get(source, self.alpha)
+        if is_lookup(source) and accepted is not None:
+            # counts fade on every step, plain ones included, so a source that failed a while ago is
+            # tried again once it has had time to be right again (no draft is ever wasted on a model)
+            ok, miss = self._runs.get(source, (0.0, 0.0))
+            ok, miss = self.run_decay * ok + accepted, self.run_decay * miss + (accepted < proposed)
+            self._runs[source] = (ok, miss)
+            prior = self.priors.get(source, self.alpha)
+            self.alphas[source] = (ok + prior) / (ok + miss + 1.0)  # the prior weighs one token
+        elif proposed:
+            old = self.alphas.get(source, self.priors.get(source, self.alpha))
             self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
         self.costs.observe_target(target_k, target_s)
         if draft_calls and not is_lookup(source):

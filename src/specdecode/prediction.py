@@ -3,10 +3,12 @@ used as a free draft. The drafter proposes the continuation of the prediction al
 generated so far; the output stays exactly the target's (a deterministic draft has a one-hot q).
 
 Alignment: a pointer into the prediction advances while the output follows it. After a miss the drafter
-re-anchors on the longest suffix of the output (up to `max_n` tokens, at least `min_n`) that occurs in
-the prediction, preferring the first occurrence at or after the old pointer, so insertions (output text
-the prediction lacks) and deletions (prediction text the output skips) both find their way back. An
-index of the prediction's n-grams makes each re-anchoring O(max_n log k), never a rescan.
+re-anchors on the longest suffix of the output that occurs in the prediction: first near the old pointer
+(two tokens within `window` tokens, or one token just after the replaced one: a renamed word or a
+small insertion rejoins at once), else anywhere with at least `min_n` tokens, preferring the first
+occurrence at or after the old pointer. So substitutions, insertions (output text the prediction lacks) and deletions (prediction text
+the output skips) all find their way back. An index of the prediction's n-grams makes each re-anchoring
+O(max_n log k), never a rescan.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ class PredictionDrafter:
     name = "prediction"
     lookup_source = True  # its proposals cost a lookup, not a model call: gamma=auto may use long blocks
 
-    def __init__(self, prediction: list[int], fallback: Any = None, max_n: int = 8, min_n: int = 3) -> None:
+    def __init__(self, prediction: list[int], fallback: Any = None, max_n: int = 8, min_n: int = 3,
+                 window: int = 48) -> None:
         if not 1 <= min_n <= max_n:
             raise ValueError(f"prediction anchors need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
         self.prediction = [int(t) for t in prediction]
-        self.fallback, self.max_n, self.min_n = fallback, max_n, min_n
+        self.fallback, self.max_n, self.min_n, self.window = fallback, max_n, min_n, window
         # n-gram -> sorted positions just after each occurrence in the prediction
         self._index: dict[tuple[int, ...], list[int]] = defaultdict(list)
         pred = self.prediction
         for end in range(1, len(pred) + 1):
-            for n in range(min_n, min(max_n, end) + 1):
+            for n in range(1, min(max_n, end) + 1):
                 self._index[tuple(pred[end - n : end])].append(end)
         self._start = 0  # where the output begins in the sequence
         self._pointer: int | None = 0  # next prediction position the output is expected to follow
@@ -67,7 +70,15 @@ class PredictionDrafter:
     def _anchor(self, sequence: list[int], old: int) -> int | None:
         """The prediction position after the longest output suffix found in it (None: no anchor)."""
         output = sequence[self._start :]
-        for n in range(min(self.max_n, len(output)), self.min_n - 1, -1):
+        longest = min(self.max_n, len(output))
+        for n in range(longest, 0, -1):  # near the old pointer, shorter matches will do
+            ends = self._index.get(tuple(output[-n:]))
+            if ends:
+                at = bisect.bisect_left(ends, old)
+                # one token only right after the token the output replaced; two anywhere in the window
+                if at < len(ends) and ends[at] <= old + (self.window if n >= 2 else 2):
+                    return ends[at]
+        for n in range(longest, self.min_n - 1, -1):  # anywhere, with a longer match
             ends = self._index.get(tuple(output[-n:]))
             if ends:
                 at = bisect.bisect_left(ends, old)  # the first occurrence at or after the old pointer
