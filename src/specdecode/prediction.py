@@ -6,9 +6,9 @@ Alignment: a pointer into the prediction advances while the output follows it. A
 re-anchors on the longest suffix of the output that occurs in the prediction: first near the old pointer
 (two tokens within `window` tokens, or one token just after the replaced one: a renamed word or a
 small insertion rejoins at once), else anywhere with at least `min_n` tokens, preferring the first
-occurrence at or after the old pointer. So substitutions, insertions (output text the prediction lacks) and deletions (prediction text
-the output skips) all find their way back. An index of the prediction's n-grams makes each re-anchoring
-O(max_n log k), never a rescan.
+occurrence at or after the old pointer. So substitutions, insertions (output text the prediction
+lacks) and deletions (prediction text the output skips) all find their way back. An index of the
+prediction's n-grams makes each re-anchoring O(max_n log k), never a rescan.
 """
 
 from __future__ import annotations
