@@ -8,6 +8,7 @@ LLAMA_CPP_VERSION := 0.3.36
 export LLAMA_CPP_VERSION
 
 DEMO_PROMPT ?= Write a Python function that merges two sorted lists into one sorted list.
+DEMO_EDIT ?= Fix the bug: url2pathname must raise ValueError instead of OSError for a malformed drive letter.
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_VERBOSITY := error
 
@@ -35,10 +36,12 @@ test: venv lint
 test-fast: venv lint
 	$(PY) -m pytest -q -m "not real"
 
-# the built-in pair on llama.cpp: speculative vs plain decoding on one coding prompt
+# the built-in pair on llama.cpp: speculative vs plain decoding on one coding prompt, then a real file
+# edited with the file as predicted output, against plain decoding
 demo: venv
 	$(VENV)/bin/specdecode models fetch all
 	$(VENV)/bin/specdecode generate --compare --max-new-tokens 128 "$(DEMO_PROMPT)"
+	$(VENV)/bin/specdecode edit benchmarks/edits/files/nturl2path.py --compare -i "$(DEMO_EDIT)"
 
 # the OpenAI-compatible server on the built-in pair: http://127.0.0.1:8000/v1 (see README)
 serve: venv

@@ -277,8 +277,9 @@ def render(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 rows.append([c, f"{cell['identical'] * 100:.0f}%", str(len(margins)),
                              ", ".join(f"{x:.3f}" for x in sorted(margins)[:8]) or "-"])
             parts += ["### Greedy exactness: outputs identical to our plain decoding", "",
-                      "Margins: the target's top-2 logit gap at the first divergence (llama.cpp runs other "
-                      "numerics on the quantized file, so no margin is computed for it).", "",
+                      "Margins: the target's top-2 logit gap at the first divergence (with the "
+                      "transformers backend, the llama.cpp peers run other numerics on the quantised file, "
+                      "so no margin is computed for them).", "",
                       _table(["configuration", "identical", "divergences", "top-2 margins"], rows), ""]
     return "\n".join(parts)
 

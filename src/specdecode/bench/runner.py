@@ -258,7 +258,9 @@ def _exactness(target: Any, prompt_ids: list[int], samples: list[dict[str, Any]]
     for s in samples:
         s["identical_to_plain"] = s["token_ids"] == plain["token_ids"]
         s["divergence"] = None
-        if not s["identical_to_plain"] and s["family"] != "llama.cpp":  # llama.cpp runs other numerics
+        other_numerics = s["family"] in ("llama.cpp", "llama-server") and getattr(
+            target, "backend", "transformers") != "llama.cpp"  # a GGUF peer against a bf16 target
+        if not s["identical_to_plain"] and not other_numerics:
             div = first_divergence(target, prompt_ids, plain["token_ids"], s["token_ids"])
             s["divergence"] = asdict(div) if div else None
 
