@@ -183,7 +183,8 @@ class DecodeLoop:
             stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0
             if self.policy is not None:
                 stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
-            stats.accepted_prediction_tokens = stats.accepted_by_source.get("prediction", 0)
-            stats.rejected_prediction_tokens = (stats.drafted_by_source.get("prediction", 0)
+            predicted = [s for s in stats.drafted_by_source if s.startswith("prediction")]
+            stats.accepted_prediction_tokens = sum(stats.accepted_by_source.get(s, 0) for s in predicted)
+            stats.rejected_prediction_tokens = (sum(stats.drafted_by_source[s] for s in predicted)
                                                 - stats.accepted_prediction_tokens)
             stats.count(stats.new_tokens)

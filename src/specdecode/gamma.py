@@ -159,8 +159,11 @@ class AutoGamma:
         rejections (a geometric fit of the run lengths), which is what E(alpha, gamma) needs."""
         self.histogram[proposed] += 1
         if is_lookup(source) and accepted is not None:
-            # counts fade on every step, plain ones included, so a source that failed a while ago is
-            # tried again once it has had time to be right again (no draft is ever wasted on a model)
+            if not proposed:
+                return
+            # counts fade with each verified proposal; a source that lost its footing comes back through
+            # gamma-1 probes (cheap) rather than by forgetting, so text unrelated to a prediction costs
+            # little
             ok, miss = self._runs.get(source, (0.0, 0.0))
             ok, miss = self.run_decay * ok + accepted, self.run_decay * miss + (accepted < proposed)
             self._runs[source] = (ok, miss)

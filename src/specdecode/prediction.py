@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 NO_DRAFT = "none"  # the source of a step with nothing to propose: auto-gamma takes a plain step
+CONFIRMED = 4  # matched tokens after which a fresh anchor counts as following the prediction
 
 
 class PredictionDrafter:
@@ -44,11 +45,13 @@ class PredictionDrafter:
         self._start = 0  # where the output begins in the sequence
         self._pointer: int | None = 0  # next prediction position the output is expected to follow
         self._last = 0  # the last pointer known, kept while unanchored: re-anchoring prefers what follows it
+        self._confirmed = CONFIRMED  # output tokens that followed the prediction since the last anchor
         self._seen = 0  # sequence length at the last alignment
 
     def begin(self, sequence: list[int], ctx: Any) -> None:
         self._start = len(sequence)
         self._pointer, self._seen, self._last = (0 if self.prediction else None), len(sequence), 0
+        self._confirmed = CONFIRMED  # the start of the output is where the prediction starts
         if self.fallback is not None:
             self.fallback.begin(sequence, ctx)
         self._ctx = ctx
@@ -61,10 +64,12 @@ class PredictionDrafter:
         for i, token in enumerate(new):
             if ptr is not None and ptr < len(pred) and pred[ptr] == token:
                 ptr += 1
+                self._confirmed += 1
                 continue
             if ptr is not None:
                 self._last = ptr
             ptr = self._anchor(sequence[: len(sequence) - len(new) + i + 1], self._last)
+            self._confirmed = 0
         self._pointer = ptr
 
     def _anchor(self, sequence: list[int], old: int) -> int | None:
@@ -91,8 +96,11 @@ class PredictionDrafter:
         return self._pointer is not None and self._pointer < len(self.prediction)
 
     def source(self, sequence: list[int]) -> str:
+        """"prediction" while the output follows the prediction, "prediction-new" right after a re-anchor
+        (until CONFIRMED tokens have matched: auto-gamma learns apart how often fresh anchors hold),
+        else the fallback's source, or "none"."""
         if self.anchored(sequence):
-            return "prediction"
+            return "prediction" if self._confirmed >= CONFIRMED else "prediction-new"
         if self.fallback is None:
             return NO_DRAFT
         return self.fallback.source(sequence) if hasattr(self.fallback, "source") else self.fallback.name

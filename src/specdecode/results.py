@@ -72,7 +72,7 @@ class GenerationStats:
                 f"time target {self.target_s:.2f}s ({self._share(self.target_s)}) / "
                 f"draft {self.draft_s:.2f}s ({self._share(self.draft_s)})"
             )
-        if self.drafted_by_source.get("prediction"):
+        if self.accepted_prediction_tokens or self.rejected_prediction_tokens:
             line += (f", prediction tokens accepted {self.accepted_prediction_tokens} / rejected "
                      f"{self.rejected_prediction_tokens}")
         if self.gamma_histogram:
