@@ -44,13 +44,14 @@ def _edit(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_edit_is_exact_and_uses_the_prediction(source, capsys):
+    # a fixed gamma: what auto chooses depends on this machine's measured costs
     code, out, _ = _edit(capsys, str(source), "-i", "Rename the function sub to subtract.", "--json",
-                         "--compare", "--max-new-tokens", "200")
+                         "--compare", "--max-new-tokens", "200", "--gamma", "8")
     report = json.loads(out)
     assert code in (0, 1)  # 1 only if the small model ran past the budget
     stats, cmp = report["stats"], report["compare"]
-    assert stats["accepted_prediction_tokens"] > 20, "most of the file should come from the prediction"
-    assert stats["mean_tokens_per_target_call"] > 2
+    assert stats["accepted_prediction_tokens"] > 20, "the file's text should come from the prediction"
+    assert stats["target_calls"] < 0.75 * stats["new_tokens"], "predicted blocks were accepted"
     assert cmp["identical"] or cmp["divergence"]["top2_margin"] <= 0.75  # llama.cpp near-tie margin
     assert report["diff"] == unified_diff(make_task(source, "x"), report["text"])
     assert source.read_text() == SOURCE  # no --write: untouched
