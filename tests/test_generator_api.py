@@ -197,3 +197,13 @@ def test_different_logit_widths_keep_the_target_distribution(draft_vocab):
         counts[res.token_ids[0]] += 1
     expected = target.probs_after([1]).float() * 3000
     assert ((counts - expected).abs() < 5 * expected.sqrt() + 5).all()
+
+
+def test_the_drafts_smaller_context_window_limits_a_generation():
+    target, draft = TableLM(random_table(6, 1, seed=0)), TableLM(random_table(6, 1, seed=1))
+    draft.max_length = 10  # a draft that reads only 10 positions
+    gen = sd.SpeculativeGenerator(target, draft)
+    with pytest.raises(ValueError, match="the draft's context window is 10"):
+        gen.generate(list(range(6)) * 2, max_new_tokens=3, gamma=2)
+    res = gen.generate([1, 2, 3], max_new_tokens=50, gamma=2)
+    assert len(res.token_ids) <= 10 - 3  # the budget is cut to what the draft can hold

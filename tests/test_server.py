@@ -441,3 +441,29 @@ def test_bad_predictions_are_400s_naming_the_field(server, prediction, fragment)
     error = res.json()["error"]
     assert fragment in error["message"] or fragment == error["param"], error
     assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_requests_never_calibrate(monkeypatch):
+    """Costs are measured once at start-up up to the server's caps; a request's gamma_max (above or
+    below the cap) and a prediction are served from them."""
+    from fastapi.testclient import TestClient
+
+    import specdecode.generator as generator_module
+    from specdecode.server import ServerSettings, create_app, warm_up
+    from specdecode.toy import tiny_llama_pair
+
+    calls = []
+    real = generator_module.calibrate
+    monkeypatch.setattr(generator_module, "calibrate", lambda *a: calls.append(a[2]) or real(*a))
+    target, draft = tiny_llama_pair()
+    gen = sd.SpeculativeGenerator(target, draft)
+    settings = ServerSettings("tiny", gamma="auto", gamma_max=4, lookup_gamma_max=8)
+    warm_up(gen, settings)
+    at_start = len(calls)
+    assert at_start >= 1
+    with TestClient(create_app(gen, settings)) as http:
+        for body in ({"speculative": {"gamma_max": 32}}, {"speculative": {"gamma_max": 2}},
+                     {"prediction": {"type": "content", "content": "1 2 3"}}, {}):
+            res = http.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 6, **body})
+            assert res.status_code == 200, res.text
+    assert len(calls) == at_start, f"a request calibrated: {calls[at_start:]}"
