@@ -245,6 +245,14 @@ class CallableDrafter:
         pass
 
 
+def draft_source(drafter: Any, sequence: list[int]) -> str:
+    """Which kind of draft `drafter`'s next proposal is ("model", "ngram", "prediction", "none", ...): its
+    `source(sequence)` when it has one, else its name ("" without a drafter)."""
+    if drafter is None:
+        return ""
+    return drafter.source(sequence) if hasattr(drafter, "source") else getattr(drafter, "name", "draft")
+
+
 def draft_models(drafter: Any) -> list[Any]:
     """The models a drafter runs (none for token lookups and callables)."""
     if isinstance(drafter, ModelDrafter):

@@ -111,9 +111,7 @@ def run_edit(gen: Any, task: EditTask, settings: dict[str, Any], progress: bool 
                 bar.update(len(chunk))
                 stats = stream.live_stats
                 if stats is not None:
-                    sources = [k for k in stats.drafted_by_source if k.startswith("prediction")]
-                    accepted = sum(stats.accepted_by_source.get(k, 0) for k in sources)
-                    rejected = sum(stats.drafted_by_source[k] for k in sources) - accepted
+                    accepted, rejected = stats.prediction_counts()
                     rate = bar.n / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(f"{rate:.1f} tok/s, prediction tokens accepted {accepted}, "
                                         f"rejected {rejected}", refresh=False)

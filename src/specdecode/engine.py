@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import acceptance
-from .drafters import DraftContext, Drafter, one_hot
+from .drafters import DraftContext, Drafter, draft_source, one_hot
 from .gamma import AutoGamma
 from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
@@ -71,13 +71,6 @@ class DecodeLoop:
         self.stats.draft_s += time.perf_counter() - start
         return tokens, q
 
-    def _source(self, seq: list[int]) -> str:
-        """Which kind of draft the next proposal comes from ("model", "ngram", ...)."""
-        drafter = self.drafter
-        if drafter is None:
-            return ""
-        return drafter.source(seq) if hasattr(drafter, "source") else getattr(drafter, "name", "draft")
-
     def _verify(self, logits: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Accepted count [1], next token [1] and the summed overlap sum(min(p, q)) of the draft positions."""
@@ -121,7 +114,7 @@ class DecodeLoop:
             self._prefill(seq)
             while generated < max_new_tokens:
                 budget = max_new_tokens - generated
-                source = self._source(seq) if self.gamma > 0 else ""
+                source = draft_source(drafter, seq) if self.gamma > 0 else ""
                 chosen = self.policy.choose(budget, source) if self.policy else self.gamma
                 gamma = min(chosen, self.gamma, budget - 1)
                 base = len(seq)
@@ -183,8 +176,5 @@ class DecodeLoop:
             stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0
             if self.policy is not None:
                 stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
-            predicted = [s for s in stats.drafted_by_source if s.startswith("prediction")]
-            stats.accepted_prediction_tokens = sum(stats.accepted_by_source.get(s, 0) for s in predicted)
-            stats.rejected_prediction_tokens = (sum(stats.drafted_by_source[s] for s in predicted)
-                                                - stats.accepted_prediction_tokens)
+            stats.accepted_prediction_tokens, stats.rejected_prediction_tokens = stats.prediction_counts()
             stats.count(stats.new_tokens)

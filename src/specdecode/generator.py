@@ -224,13 +224,7 @@ class SpeculativeGenerator:
                 raise ValueError("a text prediction needs a tokenizer: pass token ids, or load the target "
                                  "with its tokenizer")
             return list(self.tokenizer(prediction, add_special_tokens=False)["input_ids"])
-        ids = _token_list(prediction)
-        vocab = int(self.target.vocab_size)
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prediction token ids {bad[:5]} are outside the target's vocabulary "
-                             f"[0, {vocab})")
-        return ids
+        return self._in_vocabulary(_token_list(prediction), "prediction")
 
     def encode(self, prompt: Prompt, chat: bool = False) -> list[int]:
         """The prompt's token ids exactly as `stream` feeds them (chat template applied when `chat`)."""
@@ -256,10 +250,14 @@ class SpeculativeGenerator:
                 raise ValueError("chat=True needs a text prompt or a list of messages, not token ids")
         if not ids:
             raise ValueError("prompt is empty after tokenisation: pass some text or token ids")
+        return self._in_vocabulary(ids, "prompt")
+
+    def _in_vocabulary(self, ids: list[int], what: str) -> list[int]:
+        """`ids`, after checking that each is a row of the target's logits (else a ValueError)."""
         vocab = int(self.target.vocab_size)
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"prompt token ids {bad[:5]} are outside the target's vocabulary [0, {vocab})")
+            raise ValueError(f"{what} token ids {bad[:5]} are outside the target's vocabulary [0, {vocab})")
         return ids
 
     def _begin(self, prompt_ids: list[int]) -> list[int]:

@@ -134,11 +134,12 @@ def resolve_backend(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     on_cpu = (torch.device(device) if device is not None else default_device()).type == "cpu"
+    gguf_like = name_or_path in BUILTINS or str(name_or_path).endswith(".gguf")
     if backend == "llama.cpp":
         if not on_cpu:
             raise ValueError(f"the llama.cpp backend runs on the CPU here, not {device}: pass --device cpu, "
                              "or --backend transformers for a GPU")
-        if not (name_or_path in BUILTINS or str(name_or_path).endswith(".gguf")):
+        if not gguf_like:
             raise ValueError(
                 f"the llama.cpp backend loads .gguf files and built-in names, not {name_or_path!r}: pass a "
                 "GGUF file, or --backend transformers for a transformers id or directory"
@@ -146,7 +147,6 @@ def resolve_backend(
         return backend
     if backend == "transformers":
         return backend
-    gguf_like = name_or_path in BUILTINS or str(name_or_path).endswith(".gguf")
     if gguf_like and on_cpu:
         if llama_cpp_installed():
             return "llama.cpp"

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .drafters import draft_source
+
 NO_DRAFT = "none"  # the source of a step with nothing to propose: auto-gamma takes a plain step
 CONFIRMED = 4  # matched tokens after which a fresh anchor counts as following the prediction
 
@@ -68,26 +70,26 @@ class PredictionDrafter:
                 continue
             if ptr is not None:
                 self._last = ptr
-            ptr = self._anchor(sequence[: len(sequence) - len(new) + i + 1], self._last)
+            ptr = self._anchor(sequence, len(sequence) - len(new) + i + 1, self._last)
             self._confirmed = 0
         self._pointer = ptr
 
-    def _anchor(self, sequence: list[int], old: int) -> int | None:
-        """The prediction position after the longest output suffix found in it (None: no anchor)."""
-        output = sequence[self._start :]
-        longest = min(self.max_n, len(output))
-        for n in range(longest, 0, -1):  # near the old pointer, shorter matches will do
-            ends = self._index.get(tuple(output[-n:]))
-            if ends:
-                at = bisect.bisect_left(ends, old)
-                # one token only right after the token the output replaced; two anywhere in the window
-                if at < len(ends) and ends[at] <= old + (self.window if n >= 2 else 2):
-                    return ends[at]
-        for n in range(longest, self.min_n - 1, -1):  # anywhere, with a longer match
-            ends = self._index.get(tuple(output[-n:]))
-            if ends:
-                at = bisect.bisect_left(ends, old)  # the first occurrence at or after the old pointer
-                return ends[at] if at < len(ends) else ends[-1]
+    def _anchor(self, sequence: list[int], end: int, old: int) -> int | None:
+        """The prediction position after the longest suffix of the output `sequence[:end]` found in it
+        (None: no anchor)."""
+        longest = min(self.max_n, end - self._start)
+        matches = [(n, ends) for n in range(longest, 0, -1)
+                   if (ends := self._index.get(tuple(sequence[end - n : end])))]
+        for n, ends in matches:  # near the old pointer, shorter matches will do
+            at = bisect.bisect_left(ends, old)
+            # one token only right after the token the output replaced; two anywhere in the window
+            if at < len(ends) and ends[at] <= old + (self.window if n >= 2 else 2):
+                return ends[at]
+        for n, ends in matches:  # anywhere, with a longer match
+            if n < self.min_n:
+                break
+            at = bisect.bisect_left(ends, old)  # the first occurrence at or after the old pointer
+            return ends[at] if at < len(ends) else ends[-1]
         return None
 
     def anchored(self, sequence: list[int]) -> bool:
@@ -101,9 +103,7 @@ class PredictionDrafter:
         else the fallback's source, or "none"."""
         if self.anchored(sequence):
             return "prediction" if self._confirmed >= CONFIRMED else "prediction-new"
-        if self.fallback is None:
-            return NO_DRAFT
-        return self.fallback.source(sequence) if hasattr(self.fallback, "source") else self.fallback.name
+        return draft_source(self.fallback, sequence) if self.fallback is not None else NO_DRAFT
 
     def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.anchored(sequence):

@@ -50,6 +50,12 @@ class GenerationStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def prediction_counts(self) -> tuple[int, int]:
+        """(accepted, rejected) draft tokens that came from a prediction (every "prediction..." source)."""
+        sources = [s for s in self.drafted_by_source if s.startswith("prediction")]
+        accepted = sum(self.accepted_by_source.get(s, 0) for s in sources)
+        return accepted, sum(self.drafted_by_source[s] for s in sources) - accepted
+
     def count(self, new_tokens: int) -> None:
         """Set the number of tokens returned and the rates that depend on it (after a stop-string cut,
         every figure agrees with the text returned)."""
