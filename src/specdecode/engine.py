@@ -17,7 +17,7 @@ import torch
 
 from . import acceptance
 from .drafters import DraftContext, Drafter, draft_source, one_hot
-from .gamma import AutoGamma
+from .gamma import AutoGamma, BatchLoad
 from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
@@ -87,94 +87,145 @@ class DecodeLoop:
                                        self.generator)
         return n_acc, nxt, acceptance.overlap(p[:gamma].double(), q.double()).sum()
 
-    def _prefill(self, seq: list[int]) -> None:
+    # -- one generation, step by step: start, (prefill), then plan / accept until done, then end ---------
+    def start(self, sequence: list[int], max_new_tokens: int) -> None:
+        """A new generation extending `sequence` (the tokens both caches must be fed) by at most
+        `max_new_tokens` tokens."""
+        self.seq = list(sequence)
+        self.max_new_tokens = max_new_tokens
+        self.generated = 0
+        self.done = max_new_tokens <= 0
+        self._beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._wall_start = time.perf_counter()
+        self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int] | None = None
+        self.stats.finish_reason = ""
+
+    def begin_drafter(self) -> None:
+        """Start the drafter on the sequence (its model, if any, is fed lazily by its first proposal)."""
+        if self.drafter is not None and self.gamma > 0:
+            ctx = DraftContext(self.params, list(self.prompt_ids or self.seq), self.generator, self.vocab,
+                               self.device, self.stats)
+            self.drafter.begin(list(self.seq), ctx)
+
+    def prefill(self) -> None:
         """Feed the target all but the last token of the prompt and start the drafter (timed apart)."""
         start = time.perf_counter()
+        seq = self.seq
         if len(seq) - self.target.length >= 2:
             feed = seq[self.target.length : -1]
             last_logits(self.target, torch.tensor([feed], dtype=torch.long, device=self.device), 1,
-                    self._trim_target)
+                        self._trim_target)
             self.stats.target_tokens += len(feed)
-        if self.drafter is not None and self.gamma > 0:
-            ctx = DraftContext(self.params, list(self.prompt_ids or seq), self.generator, self.vocab,
-                               self.device, self.stats)
-            self.drafter.begin(list(seq), ctx)
+        self.begin_drafter()
         _sync(self.device)
         self.stats.prefill_s = time.perf_counter() - start
 
+    def unfed(self) -> int:
+        """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
+        return len(self.seq) - self.target.length
+
+    def plan(self, load: BatchLoad | None = None) -> tuple[list[int], int]:
+        """The next target call: the tokens to feed (pending ones, then the draft block) and how many of
+        the last rows' logits `accept` needs. `load`: what the other sequences of a batched step add
+        (gamma=auto then maximises the whole step's tokens per second)."""
+        assert not self.done and self._pending is None, "plan() needs a running generation, once per step"
+        stats = self.stats
+        budget = self.max_new_tokens - self.generated
+        source = draft_source(self.drafter, self.seq) if self.gamma > 0 else ""
+        if load is not None:
+            load.leave(self.unfed())
+        chosen = self.policy.choose(budget, source, load) if self.policy else self.gamma
+        gamma = min(chosen, self.gamma, budget - 1)
+        draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
+        q = None
+        if gamma > 0:
+            draft_tokens, q = self._propose(self.seq, gamma)
+            gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
+        else:
+            draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        feed = self.seq[self.target.length :] + draft_tokens.tolist()
+        self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed))
+        if load is not None:
+            expected = self.policy.expected_tokens(source, gamma) if self.policy else 1.0 + gamma
+            load.add(expected, len(feed), self.stats.draft_s - self.stats.draft_catchup_s - draft_s)
+        return feed, gamma + 1
+
+    def accept(self, logits: torch.Tensor, target_s: float | None = None) -> list[int]:
+        """Verify the planned block against the target's `logits` [gamma+1, V] (the last rows of the
+        call); roll the caches back to what was accepted and return the new tokens. `target_s`: the
+        call's seconds when it was this sequence's alone (None in a batched step: costs are observed
+        for the whole batch)."""
+        assert self._pending is not None, "accept() follows plan()"
+        source, gamma, draft_tokens, q, draft_calls, draft_s, fed = self._pending
+        self._pending = None
+        target, drafter, stats = self.target, self.drafter, self.stats
+        start = time.perf_counter()
+        n_acc, nxt, beta_iter = self._verify(logits.to(self.device), q, draft_tokens)
+        self._beta_sum += beta_iter
+        # the one host sync of the iteration: accepted count, next token, draft tokens
+        host = torch.cat([n_acc, nxt, draft_tokens]).tolist()
+        seconds = time.perf_counter() - start + (target_s or 0.0)
+        stats.target_s += seconds
+        stats.target_calls += 1
+        stats.target_tokens += fed
+        if self.policy is not None:
+            alone = seconds if target_s is not None else None
+            self.policy.observe(source, gamma, float(beta_iter), fed, alone,
+                                stats.draft_s - stats.draft_catchup_s - draft_s,
+                                stats.draft_calls - draft_calls, accepted=host[0])
+        n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
+        stats.drafted += gamma
+        stats.accepted += n
+        if gamma:
+            stats.drafted_by_source[source] = stats.drafted_by_source.get(source, 0) + gamma
+            stats.accepted_by_source[source] = stats.accepted_by_source.get(source, 0) + n
+        for i in range(gamma):
+            stats.drafted_per_position[i] += 1
+            stats.accepted_per_position[i] += int(i < n)
+        target.truncate(len(self.seq) + n)
+
+        eos_at = next((i for i, t in enumerate(new) if t in self.eos), None)
+        if eos_at is not None:
+            new = new[: eos_at + 1]
+        self.seq.extend(new)
+        if drafter is not None and self.gamma > 0:
+            drafter.commit(self.seq)
+        self.generated += len(new)
+        stats.new_tokens = self.generated
+        if eos_at is not None:
+            stats.finish_reason, self.done = "stop", True
+        elif self.generated >= self.max_new_tokens:
+            stats.finish_reason, self.done = "length", True
+        return new
+
+    def end(self) -> None:
+        """Complete the stats (whatever ended the generation: done, a stop string, a disconnect, an error)."""
+        stats = self.stats
+        stats.finish_reason = stats.finish_reason or "interrupted"
+        stats.wall_s = time.perf_counter() - self._wall_start
+        verified = sum(stats.drafted_per_position)
+        stats.acceptance_rate = float(self._beta_sum) / verified if verified else 0.0
+        if self.policy is not None:
+            stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
+        stats.accepted_prediction_tokens, stats.rejected_prediction_tokens = stats.prediction_counts()
+        stats.count(stats.new_tokens)
+
+    def step(self) -> list[int]:
+        """One target call of this sequence alone: plan, forward, accept."""
+        feed, keep = self.plan()
+        start = time.perf_counter()
+        ids = torch.tensor([feed], dtype=torch.long, device=self.device)
+        logits = last_logits(self.target, ids, keep, self._trim_target)
+        _sync(self.device)
+        return self.accept(logits, time.perf_counter() - start)
+
     def run(self, sequence: list[int], max_new_tokens: int) -> Iterator[list[int]]:
         """Extend `sequence` (the tokens both caches must be fed) by at most `max_new_tokens` tokens."""
-        target, drafter, stats = self.target, self.drafter, self.stats
-        seq = list(sequence)
-        generated = 0
-        beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wall_start = time.perf_counter()
-        stats.finish_reason = ""
+        self.start(sequence, max_new_tokens)
         try:
-            self._prefill(seq)
-            while generated < max_new_tokens:
-                budget = max_new_tokens - generated
-                source = draft_source(drafter, seq) if self.gamma > 0 else ""
-                chosen = self.policy.choose(budget, source) if self.policy else self.gamma
-                gamma = min(chosen, self.gamma, budget - 1)
-                base = len(seq)
-                draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
-                q = None
-                if gamma > 0:
-                    draft_tokens, q = self._propose(seq, gamma)
-                    gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
-                else:
-                    draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
-
-                start = time.perf_counter()
-                pending = torch.tensor(seq[target.length :], dtype=torch.long, device=self.device)
-                feed = torch.cat([pending, draft_tokens]).view(1, -1)
-                logits = last_logits(target, feed, gamma + 1, self._trim_target).to(self.device)
-                stats.target_calls += 1
-                stats.target_tokens += feed.shape[1]
-                n_acc, nxt, beta_iter = self._verify(logits, q, draft_tokens)
-                beta_sum += beta_iter
-                # the one host sync of the iteration: accepted count, next token, draft tokens
-                host = torch.cat([n_acc, nxt, draft_tokens]).tolist()
-                target_s = time.perf_counter() - start
-                stats.target_s += target_s
-                if self.policy is not None:
-                    self.policy.observe(source, gamma, float(beta_iter), feed.shape[1], target_s,
-                                        stats.draft_s - stats.draft_catchup_s - draft_s,
-                                        stats.draft_calls - draft_calls, accepted=host[0])
-                n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
-
-                stats.drafted += gamma
-                stats.accepted += n
-                if gamma:
-                    stats.drafted_by_source[source] = stats.drafted_by_source.get(source, 0) + gamma
-                    stats.accepted_by_source[source] = stats.accepted_by_source.get(source, 0) + n
-                for i in range(gamma):
-                    stats.drafted_per_position[i] += 1
-                    stats.accepted_per_position[i] += int(i < n)
-                target.truncate(base + n)
-
-                eos_at = next((i for i, t in enumerate(new) if t in self.eos), None)
-                if eos_at is not None:
-                    new = new[: eos_at + 1]
-                seq.extend(new)
-                if drafter is not None and self.gamma > 0:
-                    drafter.commit(seq)
-                generated += len(new)
-                stats.new_tokens = generated
-                yield new
-                if eos_at is not None:
-                    stats.finish_reason = "stop"
-                    break
-            else:
-                stats.finish_reason = "length"
+            self.prefill()
+            while not self.done:
+                yield self.step()
         finally:
             # closed early by the consumer (a stop string sets "stop" first) or by an exception
-            stats.finish_reason = stats.finish_reason or "interrupted"
-            stats.wall_s = time.perf_counter() - wall_start
-            verified = sum(stats.drafted_per_position)
-            stats.acceptance_rate = float(beta_sum) / verified if verified else 0.0
-            if self.policy is not None:
-                stats.gamma_histogram = {g: c for g, c in sorted(self.policy.histogram.items())}
-            stats.accepted_prediction_tokens, stats.rejected_prediction_tokens = stats.prediction_counts()
-            stats.count(stats.new_tokens)
+            self.end()

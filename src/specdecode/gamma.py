@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fileio import atomic_write_text
-from .theory import tokens_per_second
+from .theory import expected_tokens, tokens_per_second
 
 
 @dataclass
@@ -86,6 +86,25 @@ def best_gamma(alpha: float, costs: CostModel, gamma_max: int, draft_s: float | 
 
 
 @dataclass
+class BatchLoad:
+    """What a batched target call carries so far, for auto-gamma to weigh one more sequence's block against:
+    its rows, the tokens it is expected to produce, and the seconds of draft calls made before it."""
+
+    rows: int = 0
+    tokens: float = 0.0
+    draft_s: float = 0.0
+    own_rows: int = 1  # the pending rows of the sequence now choosing
+
+    def leave(self, rows: int) -> None:
+        """The sequence now choosing was counted as a plain step of `rows` rows: take that out."""
+        self.rows, self.tokens, self.own_rows = self.rows - rows, self.tokens - 1.0, rows
+
+    def add(self, tokens: float, rows: int, draft_s: float) -> None:
+        """Its choice: `rows` rows expected to yield `tokens` tokens after `draft_s` seconds of drafting."""
+        self.rows, self.tokens, self.draft_s = self.rows + rows, self.tokens + tokens, self.draft_s + draft_s
+
+
+@dataclass
 class AutoGamma:
     """The per-generation gamma policy of `gamma="auto"`.
 
@@ -132,12 +151,29 @@ class AutoGamma:
             self._worth[source] = best >= (1 + self.min_gain) * rate(a, 0, self.costs, d)
         return self._worth[source]
 
-    def choose(self, budget: int, source: str = "model") -> int:
-        """The number of draft tokens for the next iteration (0: a plain step)."""
+    def alpha_of(self, source: str) -> float:
+        return self.alphas.get(source, self.priors.get(source, self.alpha))
+
+    def expected_tokens(self, source: str, gamma: int) -> float:
+        """Expected new tokens of a step with `gamma` draft tokens from `source`."""
+        return expected_tokens(min(max(self.alpha_of(source), 0.0), 1.0), gamma) if gamma else 1.0
+
+    def batch_rate(self, source: str, gamma: int, load: BatchLoad) -> float:
+        """Expected tokens per second of a whole batched step if this sequence drafts `gamma` tokens."""
+        d = self.draft_s(source)
+        seconds = load.draft_s + gamma * d + self.costs.t(load.rows + load.own_rows + gamma)
+        return (load.tokens + self.expected_tokens(source, gamma)) / seconds
+
+    def choose(self, budget: int, source: str = "model", load: BatchLoad | None = None) -> int:
+        """The number of draft tokens for the next iteration (0: a plain step). With `load` (the rest of a
+        batched step), the one that maximises the whole step's tokens per second."""
         if source == "none":  # the drafter has nothing to propose: a plain step
             return 0
-        alpha = self.alphas.get(source, self.priors.get(source, self.alpha))
-        g = min(best_gamma(alpha, self.costs, self.limit(source), self.draft_s(source)), max(budget - 1, 0))
+        if load is None:
+            best = best_gamma(self.alpha_of(source), self.costs, self.limit(source), self.draft_s(source))
+        else:
+            best = max(range(self.limit(source) + 1), key=lambda k: self.batch_rate(source, k, load))
+        g = min(best, max(budget - 1, 0))
         if g > 0:
             self._wait[source] = self.probe_every
         elif budget > 1 and self.worth_probing(source):  # probe state is per source: a source that
@@ -148,10 +184,11 @@ class AutoGamma:
                 self._wait[source] = min(2 * wait, self.max_probe_every)
         return g
 
-    def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float,
+    def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float | None,
                 draft_s: float, draft_calls: int, accepted: int | None = None) -> None:
         """One finished iteration: what was proposed and verified (beta_sum: sum of min(p, q) over the
-        proposed positions; accepted: the accepted prefix), and what it cost.
+        proposed positions; accepted: the accepted prefix), and what it cost (target_s None: a batched
+        call, whose cost the batch observes as a whole).
 
         A model's guesses are about independent per position, so its alpha is the running mean of beta.
         A lookup's are not: it copies runs of text that are right until an edit point and then wrong at
@@ -172,7 +209,8 @@ class AutoGamma:
         elif proposed:
             old = self.alphas.get(source, self.priors.get(source, self.alpha))
             self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
-        self.costs.observe_target(target_k, target_s)
+        if target_s is not None:
+            self.costs.observe_target(target_k, target_s)
         if draft_calls and not is_lookup(source):
             self.costs.observe_draft(draft_s / draft_calls)
 
