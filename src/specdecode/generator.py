@@ -47,6 +47,50 @@ class GenerationStream:
         return self.result.stats if self.result else None
 
 
+class Generation:
+    """One generation, advanced by whoever runs it: `begin`, then the loop's steps (`loop.step()` alone, or
+    `loop.plan` / `loop.accept` inside a batched call) each passed to `take`, then `finish` and `close`."""
+
+    def __init__(self, loop: DecodeLoop, sequence: list[int], max_new_tokens: int, text: TextStream,
+                 tokens: bool = False) -> None:
+        self.loop, self.sequence, self.max_new_tokens = loop, sequence, max_new_tokens
+        self.text, self.tokens = text, tokens
+        self.result: GenerationResult | None = None
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.loop.stats
+
+    @property
+    def done(self) -> bool:
+        return self.loop.done or self.text.stopped
+
+    def begin(self) -> None:
+        """Start the clock and the loop's state (the caches are fed by the first steps)."""
+        self.loop.start(self.sequence, self.max_new_tokens)
+
+    def take(self, chunk: list[int]) -> Any:
+        """The text (token ids with `tokens=True`) that accepted `chunk` releases; empty when none yet."""
+        before = len(self.text.token_ids)
+        piece = self.text.add(chunk)
+        if self.text.stopped:
+            self.loop.stats.finish_reason = "stop"
+        return self.text.token_ids[before:] if self.tokens else piece
+
+    def finish(self) -> Any:
+        """Text held back until the end (an incomplete character, a possible stop string's start)."""
+        tail = self.text.finish()
+        return None if self.tokens else tail
+
+    def close(self) -> GenerationResult:
+        """The result, its stats completed (and agreeing with the returned text after a stop-string cut)."""
+        if self.result is None:
+            self.loop.end()
+            self.loop.stats.count(len(self.text.token_ids))
+            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats)
+        return self.result
+
+
 class SpeculativeGenerator:
     """Exact speculative decoding of `target` with `draft` (None: plain autoregressive decoding).
 
@@ -93,7 +137,7 @@ class SpeculativeGenerator:
         assert stream.result is not None
         return stream.result
 
-    def stream(
+    def open(
         self,
         prompt: Prompt,
         max_new_tokens: int = 128,
@@ -110,8 +154,13 @@ class SpeculativeGenerator:
         generator: torch.Generator | None = None,
         tokens: bool = False,
         prediction: str | Sequence[int] | None = None,
-    ) -> GenerationStream:
-        """Stream a completion as text pieces (`tokens=True`: lists of token ids).
+        target: Any = None,
+        drafter: Any = None,
+    ) -> Generation:
+        """A generation to advance step by step (what `stream` runs; a batching server drives several).
+
+        target / drafter: run on these instead of the generator's own (a slot of a multi-sequence model
+        and a drafter of its own, when a server batches requests); they must be models of the same files.
 
         prompt: a string (tokenised by the target's tokenizer; `chat=True` applies its chat template and
         also accepts a list of {"role", "content"} messages) or a list of token ids.
@@ -127,9 +176,10 @@ class SpeculativeGenerator:
         and `rejected_prediction_tokens` count its proposals.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-        drafter = self.drafter
+        target = self.target if target is None else target
+        drafter = self.drafter if drafter is None else drafter
         if prediction is not None:
-            drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=self.drafter)
+            drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=drafter)
         auto = gamma == "auto"
         if auto:
             for label, value in (("gamma_max", gamma_max), ("lookup_gamma_max", lookup_gamma_max)):
@@ -148,7 +198,7 @@ class SpeculativeGenerator:
             raise ValueError("stop strings need a tokenizer: load the target with one, or pass stop=None")
         prompt_ids = self.encode(prompt, chat)
         if generator is None:
-            generator = torch.Generator(device=getattr(self.target, "device", "cpu"))
+            generator = torch.Generator(device=getattr(target, "device", "cpu"))
             if seed is None:
                 generator.seed()
             else:
@@ -157,9 +207,9 @@ class SpeculativeGenerator:
         if auto and drafter is not None:  # measures costs the first time: before the caches start
             policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
-        sequence = self._begin(prompt_ids)
+        sequence = start_sequence(target, prompt_ids)
         # the draft reads the same sequence as the target: the smaller context window rules
-        windows = {"target": getattr(self.target, "max_length", None)}
+        windows = {"target": getattr(target, "max_length", None)}
         draft_windows = [w for w in (getattr(m, "max_length", None) for m in draft_models(drafter)) if w]
         if draft_windows:
             windows["draft"] = min(draft_windows)
@@ -173,18 +223,15 @@ class SpeculativeGenerator:
                     "shorten the prompt"
                 )
             max_new_tokens = min(max_new_tokens, limit - len(sequence))
-        for model in [self.target, *draft_models(drafter)]:  # size llama.cpp contexts up front
+        for model in [target, *draft_models(drafter)]:  # size llama.cpp contexts up front
             if hasattr(model, "reserve"):
                 room = len(sequence) + max_new_tokens + int(gamma) + 1
                 model_limit = getattr(model, "max_length", None)
                 model.reserve(min(room, model_limit) if model_limit else room)
-        eos = set(getattr(self.target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(self.target, drafter, params, gamma, generator, eos, prompt_ids, policy)
+        eos = set(getattr(target, "eos_token_ids", set()) or set())
+        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy)
         loop.stats.prompt_tokens = len(prompt_ids)
-        stream = GenerationStream(iter(()))
-        stream.live_stats = loop.stats
-        stream._pieces = self._pieces(loop, sequence, max_new_tokens, stops, tokens, stream)
-        return stream
+        return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
 
     def _pieces(
         self,
@@ -216,6 +263,32 @@ class SpeculativeGenerator:
             chunks.close()
             loop.stats.count(len(text.token_ids))  # a stop string may have cut the last chunk
             stream.result = GenerationResult(text.token_ids, text.text, loop.stats)
+
+    def stream(self, prompt: Prompt, **kwargs: Any) -> GenerationStream:
+        """Stream a completion as text pieces (`tokens=True`: lists of token ids).
+
+        Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
+        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction)."""
+        generation = self.open(prompt, **kwargs)
+        stream = GenerationStream(iter(()))
+        stream.live_stats = generation.stats
+        stream._pieces = self._pieces(generation, stream)
+        return stream
+
+    def _pieces(self, generation: Generation, stream: GenerationStream) -> Iterator[Any]:
+        loop = generation.loop
+        try:
+            generation.begin()
+            loop.prefill()
+            while not generation.done:
+                piece = generation.take(loop.step())
+                if piece:
+                    yield piece
+            tail = generation.finish()
+            if tail:
+                yield tail
+        finally:
+            stream.result = generation.close()
 
     def _prediction_ids(self, prediction: str | Sequence[int]) -> list[int]:
         """The prediction's token ids (text is tokenised without special tokens, as output text would be)."""
@@ -259,10 +332,6 @@ class SpeculativeGenerator:
         if bad:
             raise ValueError(f"{what} token ids {bad[:5]} are outside the target's vocabulary [0, {vocab})")
         return ids
-
-    def _begin(self, prompt_ids: list[int]) -> list[int]:
-        """Reset the target's cache; return the sequence it will be fed (the drafter starts in the loop)."""
-        return start_sequence(self.target, prompt_ids)
 
 
 def _is_messages(prompt: Any) -> bool:
