@@ -288,3 +288,25 @@ def as_drafter(draft: Any) -> Drafter | None:
         "draft must be None, a model (CausalLM or transformers), a Drafter or a callable; "
         f"got {type(draft).__name__}"
     )
+
+
+def fork_drafter(drafter: Any, model_for: Callable[[Any], Any]) -> Drafter | None:
+    """A drafter like `drafter` with state of its own, for one of several generations running at once;
+    its draft models are replaced by `model_for(model)` (each generation needs its own KV cache)."""
+    if drafter is None:
+        return None
+    if isinstance(drafter, ModelDrafter):
+        return ModelDrafter(model_for(drafter.model), drafter.threshold)
+    if isinstance(drafter, NgramDrafter):
+        return NgramDrafter(drafter.max_n, drafter.min_n)
+    if isinstance(drafter, NgramThenModel):
+        ngram, model = fork_drafter(drafter.ngram, model_for), fork_drafter(drafter.model, model_for)
+        return NgramThenModel(ngram, model, drafter.min_match)  # type: ignore[arg-type]
+    if isinstance(drafter, CallableDrafter):
+        return CallableDrafter(drafter.fn, drafter.name)  # the function is the user's: it must be reentrant
+    if hasattr(drafter, "fork"):
+        return drafter.fork(model_for)
+    raise ValueError(
+        f"drafter {getattr(drafter, 'name', type(drafter).__name__)!r} cannot serve several generations at "
+        "once (it has no fork(model_for) method): give it one, or serve one request at a time (--parallel 1)"
+    )

@@ -1,0 +1,209 @@
+"""Several sequences in one llama.cpp context, for a server that batches requests: each slot is a
+`CausalLM` of its own (a sequence id in llama.cpp's KV cache, rolled back on its own), and one `decode`
+call feeds rows of many slots through the model together."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .llamacpp import LlamaCppModel, _recent_log
+
+SEQ_CTX_STEP = 256  # llama.cpp pads a sequence's context to a multiple of this
+
+
+class SequencePool:
+    """`n_seq` independent sequences of `n_ctx_seq` positions each, on the weights of `model` (shared, not
+    copied). KV memory is fixed here, up front: n_seq * n_ctx_seq positions.
+
+    kv_unified: one KV buffer for all sequences (llama.cpp's --kv-unified); by default each sequence has its
+    own, as llama-server does with an explicit --parallel N (cheaper attention for unrelated requests).
+    """
+
+    def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx_seq: int = 4096, n_batch: int = 512,
+                 kv_unified: bool = False) -> None:
+        if n_seq < 1:
+            raise ValueError(f"the number of parallel sequences must be >= 1, got {n_seq}")
+        limit = model.max_length or n_ctx_seq
+        if n_ctx_seq < 16:
+            raise ValueError(f"the context per sequence must be at least 16 positions, got {n_ctx_seq}")
+        n_ctx_seq = min(-(-n_ctx_seq // SEQ_CTX_STEP) * SEQ_CTX_STEP, limit)
+        lib = self._lib = model._lib
+        self.model = model
+        self._weights = model._weights  # the weights live as long as any pool or model on them
+        self.n_seq, self.n_ctx_seq, self.n_batch = n_seq, n_ctx_seq, n_batch
+        self.vocab_size = model.vocab_size
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * n_seq
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = kv_unified
+        params.n_threads = params.n_threads_batch = model.n_threads
+        params.no_perf = True
+        self._ctx = lib.llama_init_from_model(model._model, params)
+        if not self._ctx:
+            raise ValueError(
+                f"llama.cpp could not create a context for {n_seq} sequences of {n_ctx_seq} positions "
+                f"({n_seq * n_ctx_seq} in all) for {model.path}: lower --parallel or --ctx-size; "
+                f"llama.cpp says: {_recent_log() or 'nothing'}")
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(n_batch, 0, 1)
+        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
+        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
+        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))[:] = 1
+        self._b_seq = [self._batch.seq_id[i] for i in range(n_batch)]
+        self.slots = [SequenceSlot(self, i) for i in range(n_seq)]
+        self._free = list(range(n_seq))
+        self._lock = threading.Lock()
+
+    # -- slots ----------------------------------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> SequenceSlot:
+        """A free slot, emptied (a RuntimeError when all are taken: check `free` first)."""
+        with self._lock:
+            if not self._free:
+                raise RuntimeError(f"all {self.n_seq} sequences are in use")
+            slot = self.slots[self._free.pop(0)]
+        slot.reset()
+        return slot
+
+    def release(self, slot: SequenceSlot) -> None:
+        """Give a slot back (its cache is emptied)."""
+        slot.reset()
+        with self._lock:
+            if slot.seq_id not in self._free:
+                self._free.append(slot.seq_id)
+                self._free.sort()
+
+    # -- batched decode -------------------------------------------------------------------------------
+    def decode(self, items: Sequence[tuple[SequenceSlot, Sequence[int], int]]) -> list[torch.Tensor]:
+        """Feed each slot its tokens in one batched pass (split in chunks of `n_batch` rows) and return,
+        per item, the logits [keep, V] of its last `keep` tokens (0: none). The tensors are views of
+        llama.cpp's buffer, valid until the next decode on this pool."""
+        rows: list[tuple[int, int, int, bool]] = []  # token, position, sequence id, logits wanted
+        for slot, ids, keep in items:
+            ids = [int(t) for t in ids]
+            if not ids:
+                raise ValueError("decode needs at least one token per item")
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size}) "
+                                 f"of {self.model.path}")
+            if slot.length + len(ids) > self.n_ctx_seq:
+                raise ValueError(f"{slot.length + len(ids)} positions do not fit a sequence's context of "
+                                 f"{self.n_ctx_seq} (--ctx-size): shorten the prompt or max_tokens")
+            first = len(ids) - min(keep, len(ids))
+            rows += [(t, slot.length + i, slot.seq_id, keep > 0 and i >= first) for i, t in enumerate(ids)]
+        with self._lock:
+            outputs = self._run(rows, items)
+        for slot, ids, _ in items:
+            slot._tokens.extend(int(t) for t in ids)
+        out = torch.cat(outputs) if len(outputs) > 1 else (outputs[0] if outputs else None)
+        result, at = [], 0
+        for _, ids, keep in items:
+            k = min(keep, len(ids))
+            result.append(out[at : at + k] if k else torch.empty(0, self.vocab_size))
+            at += k
+        return result
+
+    def _run(self, rows: list[tuple[int, int, int, bool]], items: Sequence[tuple[Any, Any, int]]
+             ) -> list[torch.Tensor]:
+        lib, outputs = self._lib, []
+        for start in range(0, len(rows), self.n_batch):
+            chunk = rows[start : start + self.n_batch]
+            n = len(chunk)
+            for i, (token, pos, seq, want) in enumerate(chunk):
+                self._b_token[i], self._b_pos[i], self._b_logits[i] = token, pos, want
+                self._b_seq[i][0] = seq
+            self._batch.n_tokens = n
+            rc = lib.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                for slot, _, _ in items:  # undo whatever part of this call reached the cache
+                    lib.llama_memory_seq_rm(self._mem, slot.seq_id, slot.length, -1)
+                said = _recent_log() or "nothing"
+                raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {len(rows)} rows "
+                                   f"over {len(items)} sequences; llama.cpp says: {said}")
+            wanted = sum(1 for r in chunk if r[3])
+            if wanted:
+                ptr = lib.llama_get_logits(self._ctx)
+                view = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(wanted, self.vocab_size)))
+                more = start + n < len(rows)
+                outputs.append(view.clone() if more else view)  # the next chunk overwrites the buffer
+        return outputs
+
+    def close(self) -> None:
+        """Free the context and batch now (otherwise when garbage-collected)."""
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_ctx", None):
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._weights = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: llama.cpp may already be gone
+            pass
+
+
+class SequenceSlot:
+    """One sequence of a `SequencePool`, as a `CausalLM` with its own rollback."""
+
+    backend = "llama.cpp"
+
+    def __init__(self, pool: SequencePool, seq_id: int) -> None:
+        self.pool, self.seq_id = pool, seq_id
+        model = pool.model
+        self.vocab_size = model.vocab_size
+        self.max_length = pool.n_ctx_seq
+        self.device = torch.device("cpu")
+        self.tokenizer = model.tokenizer
+        self.eos_token_ids = model.eos_token_ids
+        self.n_threads = model.n_threads
+        self.name, self.dtype, self.path = model.name, model.dtype, model.path
+        self._tokens: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self._tokens)
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """Append `input_ids` [1, T] to this sequence alone; logits [1, k, V] of the last k (all when 0)."""
+        ids = input_ids.detach().cpu().view(-1).tolist()
+        keep = len(ids) if not logits_to_keep else min(int(logits_to_keep), len(ids))
+        return self.pool.decode([(self, ids, keep)])[0].unsqueeze(0)
+
+    def truncate(self, length: int) -> None:
+        if length > self.length or length < 0:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        if length == self.length:
+            return
+        if not self.pool._lib.llama_memory_seq_rm(self.pool._mem, self.seq_id, length, -1):
+            raise RuntimeError(f"llama.cpp could not remove positions >= {length} of sequence {self.seq_id}")
+        del self._tokens[length:]
+
+    def reset(self) -> None:
+        self.pool._lib.llama_memory_seq_rm(self.pool._mem, self.seq_id, -1, -1)
+        self._tokens.clear()
+
+    def reserve(self, positions: int) -> None:
+        """Check that `positions` fit this sequence's fixed context (a ValueError when not)."""
+        if positions > self.max_length:
+            raise ValueError(f"{positions} positions do not fit a sequence's context of {self.max_length} "
+                             "(--ctx-size): shorten the prompt or max_tokens")
+
+    def __repr__(self) -> str:
+        return f"SequenceSlot({self.seq_id} of {self.pool.n_seq}, {self.path!r})"
