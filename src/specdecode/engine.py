@@ -150,11 +150,11 @@ class DecodeLoop:
             load.add(expected, len(feed), self.stats.draft_s - self.stats.draft_catchup_s - draft_s)
         return feed, gamma + 1
 
-    def accept(self, logits: torch.Tensor, target_s: float | None = None) -> list[int]:
+    def accept(self, logits: torch.Tensor, target_s: float = 0.0, batched: bool = False) -> list[int]:
         """Verify the planned block against the target's `logits` [gamma+1, V] (the last rows of the
         call); roll the caches back to what was accepted and return the new tokens. `target_s`: the
-        call's seconds when it was this sequence's alone (None in a batched step: costs are observed
-        for the whole batch)."""
+        call's seconds; `batched`: the call carried other sequences too (its cost is then observed for
+        the whole batch, not here)."""
         assert self._pending is not None, "accept() follows plan()"
         source, gamma, draft_tokens, q, draft_calls, draft_s, fed = self._pending
         self._pending = None
@@ -164,12 +164,12 @@ class DecodeLoop:
         self._beta_sum += beta_iter
         # the one host sync of the iteration: accepted count, next token, draft tokens
         host = torch.cat([n_acc, nxt, draft_tokens]).tolist()
-        seconds = time.perf_counter() - start + (target_s or 0.0)
+        seconds = time.perf_counter() - start + target_s
         stats.target_s += seconds
         stats.target_calls += 1
         stats.target_tokens += fed
         if self.policy is not None:
-            alone = seconds if target_s is not None else None
+            alone = None if batched else seconds
             self.policy.observe(source, gamma, float(beta_iter), fed, alone,
                                 stats.draft_s - stats.draft_catchup_s - draft_s,
                                 stats.draft_calls - draft_calls, accepted=host[0])

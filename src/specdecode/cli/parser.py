@@ -125,6 +125,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="the model id clients send (default: --target)")
     srv.add_argument("--max-waiting", type=int, default=64,
                      help="requests allowed to wait for the model; more get 503 (default 64)")
+    srv.add_argument("--parallel", "-np", type=int, default=4,
+                     help="requests decoded at once, sharing each target call (continuous batching, "
+                     "llama.cpp backend; the transformers backend serves one at a time). 1: one request at "
+                     "a time, first come first served (default 4)")
+    srv.add_argument("--ctx-size", type=int, default=4096,
+                     help="context positions per parallel request (prompt + completion); KV memory is fixed "
+                     "up front for --parallel x --ctx-size positions (default 4096, at most the model's)")
+    srv.add_argument("--prefill-chunk", type=int, default=512,
+                     help="prompt tokens fed per batched step, so that a long prompt does not stall the "
+                     "other requests (default 512)")
+    srv.add_argument("--kv-unified", action="store_true",
+                     help="one KV buffer shared by all parallel requests (llama.cpp's --kv-unified)")
     srv.add_argument("--default-max-tokens", type=int, default=512,
                      help="chat completion length when the request gives no max_tokens (default 512)")
     srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")

@@ -41,8 +41,11 @@ def run_server(
     say("warming up (first run also measures the costs gamma=auto works from) ...")
     say(f"warmed up in {warm_up(gen, settings):.1f}s")
     app = create_app(gen, settings)
+    queue = app.state.queue
+    mode = (f"{queue.pool.n_seq} requests at once, {queue.context} positions each"
+            if hasattr(queue, "pool") else "one request at a time")
     say(
-        f"serving '{settings.model_name}' on http://{host}:{port}/v1 "
-        f"({'API key required' if settings.api_key else 'no API key'})"
+        f"serving '{settings.model_name}' on http://{host}:{port}/v1 ({mode}; "
+        f"{'API key required' if settings.api_key else 'no API key'})"
     )
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)

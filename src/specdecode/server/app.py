@@ -11,13 +11,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from .batching import BatchScheduler, batchable
 from .metrics import Metrics
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
@@ -39,8 +40,15 @@ class ServerSettings:
         max_waiting: int = 64,
         default_max_tokens: int = 512,
         lookup_gamma_max: int = 32,
+        parallel: int = 1,
+        ctx_size: int = 4096,
+        prefill_chunk: int = 512,
+        kv_unified: bool = False,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
+        # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
+        self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
+        self.kv_unified = kv_unified
         self.lookup_gamma_max = lookup_gamma_max
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
 
@@ -128,13 +136,31 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     """The FastAPI app serving `gen` (a SpeculativeGenerator); run it with uvicorn."""
     from ..generator import SpeculativeGenerator
 
-    app = FastAPI(title="specdecode", description="Exact speculative decoding, OpenAI-compatible API")
     metrics = Metrics()
-    queue = GenerationQueue(metrics, settings.max_waiting)
+    queue: Any = None
+    context = getattr(gen.target, "max_length", None)
+    if settings.parallel > 1:
+        why = batchable(gen)
+        if why is None:
+            queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
+                                   settings.prefill_chunk, settings.kv_unified)
+            context = queue.context  # each request's fixed share of the KV memory
+        else:
+            log.warning("serving one request at a time: %s", why)
+    if queue is None:
+        queue = GenerationQueue(metrics, settings.max_waiting)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if hasattr(queue, "close"):
+            queue.close()
+
+    app = FastAPI(title="specdecode", description="Exact speculative decoding, OpenAI-compatible API",
+                  lifespan=lifespan)
     plain = SpeculativeGenerator(gen.target)  # for requests with speculative.draft = false
     plain._cost_models = gen._cost_models  # one target, one cost curve: calibrated at start-up, shared
     app.state.metrics, app.state.queue, app.state.settings = metrics, queue, settings
-    context = getattr(gen.target, "max_length", None)
     created = int(time.time())
 
     app.add_middleware(AuthAndCount, api_key=settings.api_key, metrics=metrics)
@@ -255,9 +281,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             prediction=prediction,
         )
 
-        def start() -> Any:
+        def start(bind: Any = None) -> Any:
+            """The stream (one request at a time) or, given `bind` (a batching slot), the Generation."""
             try:
-                return use.stream(prompt_ids, **kwargs)
+                if bind is None:
+                    return use.stream(prompt_ids, **kwargs)
+                return use.open(prompt_ids, **kwargs, **bind(use))
             except ValueError as e:  # settings the generator refuses (e.g. gamma_max): the client's fault
                 raise APIError(400, str(e), "speculative") from None
 

@@ -49,7 +49,14 @@ class Metrics:
             registry=r,
         )
         self.queue_length = Gauge("specdecode_queue_length", "requests waiting for the model", registry=r)
-        self.running = Gauge("specdecode_requests_running", "generations running (0 or 1)", registry=r)
+        self.running = Gauge("specdecode_requests_running", "generations running", registry=r)
+        self.slots_in_use = Gauge("specdecode_slots_in_use", "sequence slots holding a request (batching)",
+                                  registry=r)
+        self.batch_size = Histogram("specdecode_batch_requests", "requests in one batched target call",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, float("inf")), registry=r)
+        self.batch_rows = Histogram("specdecode_batch_rows", "tokens (rows) in one batched target call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf")),
+                                    registry=r)
         self.latency = Histogram(
             "specdecode_request_latency_seconds", "arrival to last token", buckets=LATENCY_BUCKETS, registry=r
         )
