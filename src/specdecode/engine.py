@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from . import acceptance
-from .drafters import DraftContext, Drafter, draft_source, one_hot
-from .gamma import AutoGamma, BatchLoad
+from .drafters import DraftContext, Drafter, draft_models, draft_source, one_hot
+from .gamma import AutoGamma, BatchLoad, is_lookup
 from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
@@ -120,6 +120,13 @@ class DecodeLoop:
         _sync(self.device)
         self.stats.prefill_s = time.perf_counter() - start
 
+    def _draft_lags(self, source: str) -> bool:
+        """Whether a model draft would first have to catch up on more than a token or two."""
+        if not source or is_lookup(source):
+            return False
+        models = draft_models(self.drafter)
+        return bool(models) and len(self.seq) - models[0].length > 2
+
     def unfed(self) -> int:
         """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
         return len(self.seq) - self.target.length
@@ -135,6 +142,8 @@ class DecodeLoop:
         if load is not None:
             load.leave(self.unfed())
         chosen = self.policy.choose(budget, source, load) if self.policy else self.gamma
+        if self.policy is not None and load is not None and load.rows > 0 and self._draft_lags(source):
+            chosen = 0  # its backlog would be fed serially while every other sequence of the step waits
         gamma = min(chosen, self.gamma, budget - 1)
         draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
         q = None

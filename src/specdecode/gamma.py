@@ -174,10 +174,12 @@ class AutoGamma:
         else:
             best = max(range(self.limit(source) + 1), key=lambda k: self.batch_rate(source, k, load))
         g = min(best, max(budget - 1, 0))
+        shared = load is not None and load.rows > 0  # a probe of a model draft would stall the others too
         if g > 0:
             self._wait[source] = self.probe_every
-        elif budget > 1 and self.worth_probing(source):  # probe state is per source: a source that
-            self._idle[source] += 1  # rarely comes up still gets probed when it does
+        elif budget > 1 and (is_lookup(source) or not shared) and self.worth_probing(source):
+            # probe state is per source: a source that rarely comes up still gets probed when it does
+            self._idle[source] += 1
             wait = self._wait.setdefault(source, self.probe_every)
             if self._idle[source] >= wait:
                 self._idle[source], g = 0, 1

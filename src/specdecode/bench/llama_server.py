@@ -43,12 +43,14 @@ def _free_port() -> int:
 
 
 class LlamaServerRunner:
-    """One llama-server process in one mode, on a free localhost port; `close()` stops it."""
+    """One llama-server process in one mode, on a free localhost port; `close()` stops it. `parallel`: its
+    slots (-np), each with `n_ctx` positions."""
 
     family = "llama-server"
 
     def __init__(self, binary: Path, gguf: str, mode: str = "plain", draft_gguf: str | None = None,
-                 threads: int | None = None, n_ctx: int = 8192, startup_s: float = 180.0) -> None:
+                 threads: int | None = None, n_ctx: int = 8192, startup_s: float = 180.0,
+                 parallel: int = 1) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown llama-server mode {mode!r}: choose from {', '.join(MODES)}")
         args = list(MODES[mode])
@@ -64,7 +66,7 @@ class LlamaServerRunner:
         self.name = f"llama-server/{mode}"
         env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         cmd = [str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads),
-               "-tb", str(threads), "-c", str(n_ctx), "-np", "1", *args]
+               "-tb", str(threads), "-c", str(n_ctx * parallel), "-np", str(parallel), *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + startup_s
         while time.monotonic() < deadline:
