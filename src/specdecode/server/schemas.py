@@ -118,8 +118,8 @@ class _Common(BaseModel):
         if self.n != 1:
             raise APIError(
                 400,
-                f"n={self.n} is not supported: this server generates one choice per request "
-                "(batching is not implemented yet); send n=1 or separate requests",
+                f"n={self.n} is not supported: this server generates one choice per request"
+                "; send n=1 and one request per choice (concurrent requests are batched)",
                 "n",
             )
         checks = [

@@ -1,0 +1,350 @@
+"""Continuous batching on llama.cpp: the multi-sequence pool, auto-gamma in a shared step, and a real server
+with many concurrent clients (texts equal their one-at-a-time references, nothing lost or mixed,
+disconnects free their slots, one failing request leaves the others intact, the KV bound gives a 400)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+import specdecode as sd  # noqa: E402
+from specdecode.backends.llamacpp import LlamaCppModel  # noqa: E402
+from specdecode.backends.llamacpp_pool import SequencePool  # noqa: E402
+from specdecode.compare import first_divergence, near_tie_margin  # noqa: E402
+from specdecode.gamma import AutoGamma, BatchLoad, CostModel  # noqa: E402
+
+from .tiny_gguf import write_tiny_llama  # noqa: E402
+
+CTX = 1024  # positions per slot
+PROMPTS = [f"def f{i}(x):\n    return x * {i} + {i % 3}\n\n# {'abc ' * (i % 4)}" for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batching")
+    return {"target": write_tiny_llama(d / "target.gguf", seed=0),
+            "draft": write_tiny_llama(d / "draft.gguf", seed=0, scale=0.7)}
+
+
+@pytest.fixture(scope="module")
+def target(files):
+    return LlamaCppModel(files["target"])
+
+
+# -- the pool ---------------------------------------------------------------------------------------------
+def test_one_batched_decode_equals_each_sequence_alone(target):
+    pool = SequencePool(target, 3, 256)
+    a, b, c = (pool.acquire() for _ in range(3))
+    feeds = {a: list(range(100, 140)), b: list(range(300, 307)), c: [5]}
+    alone = {}
+    for slot, ids in feeds.items():
+        target.reset()
+        alone[slot] = target.forward(torch.tensor([ids]), logits_to_keep=2)[0].clone()
+    out = pool.decode([(s, ids, 2) for s, ids in feeds.items()])
+    for (slot, ids), logits in zip(feeds.items(), out, strict=True):
+        assert slot.length == len(ids)
+        assert logits.shape == (min(2, len(ids)), target.vocab_size)
+        assert torch.allclose(logits, alone[slot][-logits.shape[0]:], atol=1e-3)
+    # rolling one sequence back leaves the others alone
+    a.truncate(10)
+    assert (a.length, b.length, c.length) == (10, 7, 1)
+    target.reset()
+    target.forward(torch.tensor([feeds[a][:10]]))
+    expected = target.forward(torch.tensor([[7, 8]]), logits_to_keep=1)[0, -1].clone()
+    target.reset()
+    target.forward(torch.tensor([feeds[b]]))
+    expected_b = target.forward(torch.tensor([[9]]), logits_to_keep=1)[0, -1].clone()
+    got_a, got_b = pool.decode([(a, [7, 8], 1), (b, [9], 1)])
+    assert torch.allclose(got_a[-1], expected, atol=1e-3)
+    assert torch.allclose(got_b[-1], expected_b, atol=1e-3)  # b's cache still holds its own tokens
+    assert (a.length, b.length) == (12, 8)
+
+
+def test_pool_bounds_and_bad_input(target):
+    pool = SequencePool(target, 2, 256)
+    a, _ = pool.acquire(), pool.acquire()
+    assert pool.free == 0
+    with pytest.raises(RuntimeError, match="all 2 sequences are in use"):
+        pool.acquire()
+    with pytest.raises(ValueError, match="do not fit a sequence's context of 256"):
+        pool.decode([(a, [1] * 257, 1)])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        pool.decode([(a, [target.vocab_size], 1)])
+    assert a.length == 0  # nothing of a refused call reached the cache
+    pool.release(a)
+    assert pool.free == 1 and pool.acquire().length == 0
+    with pytest.raises(ValueError, match="--parallel must be >= 1|parallel sequences must be >= 1"):
+        SequencePool(target, 0)
+
+
+# -- auto-gamma in a shared step ---------------------------------------------------------------------------
+def test_batched_choice_equals_the_single_one_without_others():
+    costs = CostModel({k: 0.03 + 0.01 * k for k in range(1, 40)}, draft_s=1e-5)
+    for alpha in (0.2, 0.6, 0.9):
+        a = AutoGamma(costs, lookup_gamma_max=32, priors={"ngram": alpha})
+        b = AutoGamma(costs, lookup_gamma_max=32, priors={"ngram": alpha})
+        assert a.choose(100, "ngram") == b.choose(100, "ngram", BatchLoad())
+
+
+def test_a_step_already_carrying_rows_makes_blocks_cheaper():
+    # a call's cost rises slowly with its rows: adding draft rows to a big step costs little
+    costs = CostModel({1: 0.030, 2: 0.045, 4: 0.072, 8: 0.122, 16: 0.141, 32: 0.242, 64: 0.444}, 1e-5)
+    alone = AutoGamma(costs, lookup_gamma_max=32, priors={"ngram": 0.5}).choose(100, "ngram")
+    busy = AutoGamma(costs, lookup_gamma_max=32, priors={"ngram": 0.5})
+    load = BatchLoad(rows=8, tokens=8.0)  # eight sequences counted as plain steps of one row
+    load.leave(1)  # the one choosing now
+    assert (load.rows, load.tokens) == (7, 7.0)
+    assert alone == 1 and busy.choose(100, "ngram", load) == 3
+    # a model draft, whose calls run one sequence at a time, is probed alone but never while others wait
+    flat = CostModel({1: 0.030, 2: 0.032, 4: 0.036, 8: 0.050}, draft_s=0.005)
+    alone_model = AutoGamma(flat, priors={"model": 0.05}, probe_every=1)
+    assert 1 in [alone_model.choose(100, "model") for _ in range(3)]
+    shared = AutoGamma(flat, priors={"model": 0.05}, probe_every=1)
+    assert [shared.choose(100, "model", BatchLoad(rows=4, tokens=4.0)) for _ in range(5)] == [0] * 5
+
+
+# -- a real server ----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "specdecode.cli", "serve", "--target", files["target"], "--draft",
+         f"ngram+{files['draft']}", "--port", str(port), "--parallel", "8", "--ctx-size", str(CTX),
+         "--max-waiting", "64", "--served-model-name", "tiny", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _complete(url: str, body: dict) -> dict:
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", **body}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _bodies() -> list[dict]:
+    """16 requests: greedy with auto gamma, seeded sampling with a fixed gamma, two with a prediction."""
+    bodies = []
+    for i, prompt in enumerate(PROMPTS):
+        body: dict = {"prompt": prompt, "max_tokens": 24 + 3 * i}
+        if i % 2:
+            body.update(temperature=0.9, seed=100 + i, speculative={"gamma": 3})
+        else:
+            body.update(temperature=0)
+        if i in (4, 10):
+            body["prediction"] = {"type": "content", "content": prompt * 2}
+        bodies.append(body)
+    return bodies
+
+
+def test_sixteen_concurrent_clients_get_their_one_at_a_time_texts(server, target):
+    bodies = _bodies()
+    alone = [_complete(server, b) for b in bodies]  # one at a time: the references
+    with cf.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda b: _complete(server, b), bodies))
+    assert len(together) == 16
+    for i, (ref, got) in enumerate(zip(alone, together, strict=True)):
+        a, b = ref["choices"][0]["text"], got["choices"][0]["text"]
+        assert got["usage"]["prompt_tokens"] == ref["usage"]["prompt_tokens"]
+        if a == b:
+            continue
+        # greedy may differ only at a near-tie (a batch computes the same logits by other kernels)
+        assert bodies[i]["temperature"] == 0, f"seeded request {i} changed with others running"
+        ids = target.tokenizer.encode(PROMPTS[i])
+        div = first_divergence(target, ids, target.tokenizer.encode(a, add_special_tokens=False),
+                               target.tokenizer.encode(b, add_special_tokens=False))
+        assert div is not None and div.top2_margin <= near_tie_margin(target), (i, a, b)
+    # predictions reported as OpenAI does
+    details = together[4]["usage"]["completion_tokens_details"]
+    assert set(details) == {"accepted_prediction_tokens", "rejected_prediction_tokens"}
+    # the steps really were shared: more requests than target calls in some of them
+    text = httpx.get(f"{server}/metrics").text
+    rows = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith("specdecode_batch_requests_")}
+    assert rows["specdecode_batch_requests_sum"] > rows["specdecode_batch_requests_count"]
+    assert _metric(server, "specdecode_slots_in_use") == 0
+
+
+def test_streams_of_concurrent_clients_are_not_mixed(server):
+    bodies = _bodies()[:8]
+    refs = [_complete(server, b)["choices"][0]["text"] for b in bodies]
+
+    def stream(body: dict) -> str:
+        out = []
+        with httpx.stream("POST", f"{server}/v1/completions", json={**body, "stream": True},
+                          timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    out += [c["text"] for c in chunk["choices"]]
+        return "".join(out)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(stream, bodies)) == refs
+
+
+def test_a_disconnect_frees_its_slot(server):
+    cancelled = _metric(server, "specdecode_generations_cancelled")
+    for _ in range(3):
+        with httpx.stream("POST", f"{server}/v1/completions", timeout=60,
+                          json={"prompt": PROMPTS[0], "max_tokens": CTX - 64, "temperature": 0,
+                                "stream": True}) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i > 4:
+                    break
+    deadline = time.time() + 30
+    while time.time() < deadline and _metric(server, "specdecode_slots_in_use") > 0:
+        time.sleep(0.2)
+    assert _metric(server, "specdecode_slots_in_use") == 0
+    assert _metric(server, "specdecode_generations_cancelled") >= cancelled + 3
+    after = _complete(server, {"prompt": "hi", "max_tokens": 3, "temperature": 0})
+    assert after["usage"]["completion_tokens"] > 0
+
+
+def test_a_request_beyond_its_slot_gets_context_length_exceeded(server):
+    r = httpx.post(f"{server}/v1/completions", timeout=30,
+                   json={"prompt": PROMPTS[0], "max_tokens": CTX, "temperature": 0})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and str(CTX) in err["message"]
+
+
+# -- in-process: an exception inside one request's generation --------------------------------------------
+class _Server:
+    """The app on uvicorn in a thread of this process (so a test can hand it a failing drafter)."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+MARKER = 4242
+
+
+def test_one_failing_request_leaves_the_others_intact(files):
+    from specdecode.server import ServerSettings, create_app
+
+    def flaky(seq: list[int], gamma: int) -> list[int]:
+        if MARKER in seq:
+            raise RuntimeError("draft exploded")
+        return seq[-gamma:]
+
+    gen = sd.SpeculativeGenerator(LlamaCppModel(files["target"]), flaky)
+    app = create_app(gen, ServerSettings("tiny", gamma=2, parallel=4, ctx_size=CTX))
+    srv = _Server(app)
+    try:
+        prompts = [[10 + i, 20 + i, 30 + i, 40] for i in range(6)]
+        prompts[2] = [11, MARKER, 12]
+        plain = sd.SpeculativeGenerator(LlamaCppModel(files["target"]))
+        refs = [plain.generate(p, max_new_tokens=20, temperature=0).text for p in prompts]
+
+        def post(p):
+            return httpx.post(f"{srv.url}/v1/completions", timeout=60,
+                              json={"prompt": p, "max_tokens": 20, "temperature": 0})
+
+        with cf.ThreadPoolExecutor(6) as pool:
+            res = list(pool.map(post, prompts))
+        assert res[2].status_code == 500 and res[2].json()["error"]["code"] == "internal_error"
+        assert "draft exploded" not in res[2].text
+        for i, r in enumerate(res):
+            if i != 2:
+                assert r.status_code == 200 and r.json()["choices"][0]["text"] == refs[i]
+        assert app.state.queue.pool.free == 4
+    finally:
+        srv.close()
+
+
+def test_max_waiting_gives_503_beyond_the_slots(files):
+    from specdecode.server import ServerSettings, create_app
+
+    gen = sd.SpeculativeGenerator(LlamaCppModel(files["target"]))
+    app = create_app(gen, ServerSettings("tiny", parallel=2, ctx_size=2048, max_waiting=1))
+    srv = _Server(app)
+    gate = threading.Event()
+    original = app.state.queue._step
+
+    def slow_step() -> None:  # hold the running requests until the test has seen the 503
+        gate.wait(30)
+        original()
+
+    app.state.queue._step = slow_step
+    try:
+        body = {"prompt": "hello", "max_tokens": 8, "temperature": 0}
+        with cf.ThreadPoolExecutor(3) as pool:
+            running = [pool.submit(httpx.post, f"{srv.url}/v1/completions", json=body, timeout=60)
+                       for _ in range(2)]
+            deadline = time.time() + 10
+            while app.state.queue.pool.free and time.time() < deadline:
+                time.sleep(0.05)
+            waiting = pool.submit(httpx.post, f"{srv.url}/v1/completions", json=body, timeout=60)
+            while app.state.queue.waiting < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            refused = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_busy"
+            gate.set()
+            assert all(f.result().status_code == 200 for f in [*running, waiting])
+    finally:
+        gate.set()
+        srv.close()
+
+
+def test_transformers_backend_keeps_one_request_at_a_time(caplog):
+    from specdecode.server import ServerSettings, create_app
+    from specdecode.server.worker import GenerationQueue
+    from specdecode.toy import tiny_llama_pair
+
+    target, _ = tiny_llama_pair()
+    app = create_app(sd.SpeculativeGenerator(target), ServerSettings("tiny", parallel=4))
+    assert isinstance(app.state.queue, GenerationQueue)
+    assert any("one request at a time" in r.getMessage() for r in caplog.records)
