@@ -39,9 +39,14 @@ class CostModel:
             below = max(j for j in ks if j < k)
             w = (k - below) / (above - below)
             return (1 - w) * self.target_s[below] + w * self.target_s[above]
-        a, b = (ks[0], ks[1]) if above == ks[0] else (ks[-2], ks[-1])
-        slope = (self.target_s[b] - self.target_s[a]) / (b - a)
-        return max(self.target_s[b] + slope * (k - b), 0.0)
+        if above == ks[0]:  # below the smallest measured k
+            a, b = ks[0], ks[1]
+            slope = (self.target_s[b] - self.target_s[a]) / (b - a)
+            return max(self.target_s[a] + slope * (k - a), 0.0)
+        # beyond the largest: a call on more tokens never costs less (a noisy curve may end falling)
+        a, b = ks[-2], ks[-1]
+        slope = max((self.target_s[b] - self.target_s[a]) / (b - a), 0.0)
+        return self.target_s[b] + slope * (k - b)
 
     def observe_target(self, k: int, seconds: float, weight: float = 0.1) -> None:
         """Blend in one observed call of k tokens (cheap continuous re-measurement).
@@ -50,9 +55,10 @@ class CostModel:
         moving T(1) alone would make k > 1 look cheaper or dearer than it is. One call moves the curve
         by at most `weight` times a factor of 2, so a single stall cannot flip the choice.
         """
-        if self.frozen:
+        expected = self.t(k)
+        if self.frozen or expected <= 0:
             return
-        ratio = min(max(seconds / self.t(k), 0.5), 2.0)
+        ratio = min(max(seconds / expected, 0.5), 2.0)
         scale = 1 - weight + weight * ratio
         self.target_s = {j: v * scale for j, v in self.target_s.items()}
 

@@ -241,8 +241,7 @@ class BatchScheduler:
         entry.close()
 
     def _fail(self, entry: _Entry, exc: BaseException) -> None:
-        if not isinstance(exc, APIError):
-            log.error("a generation failed", exc_info=exc)
+        """End a request with `exc`, raised in its handler (which logs it with the request's id)."""
         if entry.generation is not None and entry.job.result is None:
             try:
                 entry.job.result = entry.generation.close()
