@@ -216,6 +216,8 @@ def test_sixteen_concurrent_clients_get_their_one_at_a_time_texts(server, target
             if line.startswith("specdecode_batch_requests_")}
     assert rows["specdecode_batch_requests_sum"] > rows["specdecode_batch_requests_count"]
     assert _metric(server, "specdecode_slots_in_use") == 0
+    health = httpx.get(f"{server}/health").json()
+    assert health["slots"] == {"total": 8, "in_use": 0, "context": CTX}
 
 
 def test_streams_of_concurrent_clients_are_not_mixed(server):

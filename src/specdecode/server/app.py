@@ -190,7 +190,11 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_name, "queue_length": queue.waiting}
+        out: dict[str, Any] = {"status": "ok", "model": settings.model_name, "queue_length": queue.waiting}
+        pool = getattr(queue, "pool", None)
+        if pool is not None:  # batching: slots of fixed context
+            out["slots"] = {"total": pool.n_seq, "in_use": pool.n_seq - pool.free, "context": pool.n_ctx_seq}
+        return out
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
