@@ -72,6 +72,34 @@ def test_one_batched_decode_equals_each_sequence_alone(target):
     assert (a.length, b.length) == (12, 8)
 
 
+def test_a_step_split_into_several_calls_gives_the_same_logits(target):
+    pool = SequencePool(target, 3, 256)
+    slots = [pool.acquire() for _ in range(3)]
+    feeds = [list(range(100, 110)), [7, 8, 9], list(range(300, 305))]
+    whole = [x.clone() for x in pool.decode([(s, ids, 2) for s, ids in zip(slots, feeds, strict=True)])]
+    for s in slots:
+        s.truncate(0)
+    # calls ending inside a sequence's rows (10 = 4 + 6) and across sequences
+    split = pool.decode([(s, ids, 2) for s, ids in zip(slots, feeds, strict=True)], calls=[4, 7, 1, 6])
+    for a, b in zip(whole, split, strict=True):
+        assert torch.allclose(a, b, atol=1e-3)
+    assert [s.length for s in slots] == [10, 3, 5]
+
+
+def test_the_cheapest_split_of_a_call_follows_the_measured_curve():
+    # measured on 2 cores (ms): 8 rows cost more than 4 + 4, 16 less than 8 + 8
+    curve = {1: 31, 2: 61, 3: 83, 4: 102, 5: 127, 6: 147, 7: 172, 8: 225, 9: 243, 12: 281, 16: 270,
+             24: 344, 32: 392, 33: 437}
+    costs = CostModel({k: v / 1000 for k, v in curve.items()}, draft_s=0.01)
+    assert costs.split(1) == [1] and costs.split(4) == [4] and costs.split(16) == [16]
+    assert sum(costs.split(8)) == 8 and costs.t_split(8) < costs.t(8)
+    assert all(sum(costs.split(k)) == k and costs.t_split(k) <= costs.t(k) + 1e-12 for k in range(1, 65))
+    assert costs.split(500) == [500]  # prompt-sized calls are not split
+    before = {k: costs.split(k) for k in range(1, 65)}
+    costs.observe_target(8, 0.4)  # observations rescale the curve: the splits stay
+    assert {k: costs.split(k) for k in range(1, 65)} == before
+
+
 def test_pool_bounds_and_bad_input(target):
     pool = SequencePool(target, 2, 256)
     a, _ = pool.acquire(), pool.acquire()
@@ -98,30 +126,33 @@ def test_batched_choice_equals_the_single_one_without_others():
         assert a.choose(100, "ngram") == b.choose(100, "ngram", BatchLoad())
 
 
-def test_a_shared_step_weighs_blocks_against_every_sequence_in_it():
+def test_a_shared_step_prices_a_block_at_the_calls_marginal_cost():
     # the 2-core cost curve of MODELS.md: 16 rows cost little more than 8
     costs = CostModel({1: 0.030, 2: 0.045, 4: 0.072, 8: 0.122, 16: 0.141, 32: 0.242, 64: 0.444}, 1e-5)
 
-    def load() -> BatchLoad:
-        load = BatchLoad(rows=8, tokens=8.0)  # eight sequences counted as plain steps of one row
-        load.leave(1)  # the one choosing now
-        assert (load.rows, load.tokens) == (7, 7.0)
-        return load
-
-    def choose(alpha: float, shared: bool) -> int:
+    def choose(alpha: float, rows: int = 0, sequences: int = 0, own: int = 1) -> int:
         policy = AutoGamma(costs, lookup_gamma_max=32, priors={"ngram": alpha})
-        return policy.choose(100, "ngram", load() if shared else None)
+        if not rows:
+            return policy.choose(100, "ngram")
+        load = BatchLoad(rows=rows, sequences=sequences)
+        load.leave(own)  # the one choosing now was counted with its pending rows
+        assert load.rows == rows - own
+        return policy.choose(100, "ngram", load)
 
-    # a good source alone takes a 16-token block; sharing the call, it fills the step up to 16 rows
-    assert (choose(0.9, False), choose(0.9, True)) == (15, 8)
-    # a middling one drafts alone, but not when the gain for the step is small next to its cost
-    assert choose(0.6, False) == 1 and choose(0.6, True) == 0
+    # alone, a good source takes a 16-token block (T(16) is about T(8)); among 8 plain sequences the
+    # same source fills the call up to 16 rows, the point where rows stop being nearly free
+    assert (choose(0.9), choose(0.9, rows=8, sequences=8)) == (15, 8)
+    # a poor source drafts neither alone nor in a prompt-heavy call, where a row costs a prefill row
+    assert choose(0.3) == 0 and choose(0.3, rows=252, sequences=4, own=60) == 0
+    # the saving of an accepted token is a plain step's time per sequence: cheap rows of a full call
+    # make a middling source worth a short block there
+    assert (choose(0.6), choose(0.6, rows=8, sequences=8)) == (1, 3)
     # a model draft, whose calls run one sequence at a time, is probed alone but never while others wait
     flat = CostModel({1: 0.030, 2: 0.032, 4: 0.036, 8: 0.050}, draft_s=0.005)
     alone_model = AutoGamma(flat, priors={"model": 0.05}, probe_every=1)
     assert 1 in [alone_model.choose(100, "model") for _ in range(3)]
     shared = AutoGamma(flat, priors={"model": 0.05}, probe_every=1)
-    assert [shared.choose(100, "model", BatchLoad(rows=4, tokens=4.0)) for _ in range(5)] == [0] * 5
+    assert [shared.choose(100, "model", BatchLoad(rows=4, sequences=4)) for _ in range(5)] == [0] * 5
 
 
 # -- a real server ----------------------------------------------------------------------------------------

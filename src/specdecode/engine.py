@@ -155,8 +155,7 @@ class DecodeLoop:
         feed = self.seq[self.target.length :] + draft_tokens.tolist()
         self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed))
         if load is not None:
-            expected = self.policy.expected_tokens(source, gamma) if self.policy else 1.0 + gamma
-            load.add(expected, len(feed), self.stats.draft_s - self.stats.draft_catchup_s - draft_s)
+            load.add(len(feed))
         return feed, gamma + 1
 
     def accept(self, logits: torch.Tensor, target_s: float = 0.0, batched: bool = False) -> list[int]:

@@ -84,9 +84,11 @@ class SequencePool:
                 self._free.sort()
 
     # -- batched decode -------------------------------------------------------------------------------
-    def decode(self, items: Sequence[tuple[SequenceSlot, Sequence[int], int]]) -> list[torch.Tensor]:
-        """Feed each slot its tokens in one batched pass (split in chunks of `n_batch` rows) and return,
-        per item, the logits [keep, V] of its last `keep` tokens (0: none). The tensors are views of
+    def decode(self, items: Sequence[tuple[SequenceSlot, Sequence[int], int]],
+               calls: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Feed each slot its tokens in one batched pass and return, per item, the logits [keep, V] of its
+        last `keep` tokens (0: none). `calls`: row counts of the llama.cpp calls to make, in order (a
+        call may end inside a sequence's rows; default: chunks of `n_batch`). The tensors are views of
         llama.cpp's buffer, valid until the next decode on this pool."""
         rows: list[tuple[int, int, int, bool]] = []  # token, position, sequence id, logits wanted
         for slot, ids, keep in items:
@@ -102,8 +104,10 @@ class SequencePool:
                                  f"{self.n_ctx_seq} (--ctx-size): shorten the prompt or max_tokens")
             first = len(ids) - min(keep, len(ids))
             rows += [(t, slot.length + i, slot.seq_id, keep > 0 and i >= first) for i, t in enumerate(ids)]
+        if calls is None or sum(calls) != len(rows) or max(calls) > self.n_batch:
+            calls = [min(self.n_batch, len(rows) - at) for at in range(0, len(rows), self.n_batch)]
         with self._lock:
-            outputs = self._run(rows, items)
+            outputs = self._run(rows, items, calls)
         for slot, ids, _ in items:
             slot._tokens.extend(int(t) for t in ids)
         out = torch.cat(outputs) if len(outputs) > 1 else (outputs[0] if outputs else None)
@@ -114,12 +118,11 @@ class SequencePool:
             at += k
         return result
 
-    def _run(self, rows: list[tuple[int, int, int, bool]], items: Sequence[tuple[Any, Any, int]]
-             ) -> list[torch.Tensor]:
-        lib, outputs = self._lib, []
-        for start in range(0, len(rows), self.n_batch):
-            chunk = rows[start : start + self.n_batch]
-            n = len(chunk)
+    def _run(self, rows: list[tuple[int, int, int, bool]], items: Sequence[tuple[Any, Any, int]],
+             calls: Sequence[int]) -> list[torch.Tensor]:
+        lib, outputs, start = self._lib, [], 0
+        for n in calls:
+            chunk = rows[start : start + n]
             for i, (token, pos, seq, want) in enumerate(chunk):
                 self._b_token[i], self._b_pos[i], self._b_logits[i] = token, pos, want
                 self._b_seq[i][0] = seq
@@ -136,7 +139,8 @@ class SequencePool:
                 ptr = lib.llama_get_logits(self._ctx)
                 view = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(wanted, self.vocab_size)))
                 more = start + n < len(rows)
-                outputs.append(view.clone() if more else view)  # the next chunk overwrites the buffer
+                outputs.append(view.clone() if more else view)  # the next call overwrites the buffer
+            start += n
         return outputs
 
     def close(self) -> None:

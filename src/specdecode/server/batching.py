@@ -84,6 +84,8 @@ class BatchScheduler:
         self.draft_pool = (SequencePool(drafts[0], parallel, self.pool.n_ctx_seq, n_batch=n_batch,
                                         kv_unified=kv_unified) if drafts else None)
         self.context = self.pool.n_ctx_seq
+        # the target's measured cost curve (calibrated at warm-up), to split a step into its cheapest calls
+        self.costs = max(gen._cost_models.items(), default=(0, None))[1]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdecode-tokenizer")
         self._waiting: deque[_Entry] = deque()
         self._active: list[_Entry] = []
@@ -270,7 +272,7 @@ class BatchScheduler:
             budget -= max(unfed - 1, 0)
             planning.append(entry)
             load.rows += unfed
-            load.tokens += 1.0
+            load.sequences += 1
         items: list[tuple[_Entry, list[int], int, bool]] = [(e, ids, 0, False) for e, ids in chunks]
         for entry in planning:
             try:
@@ -281,16 +283,18 @@ class BatchScheduler:
             items.append((entry, feed, keep, True))
         if not items:
             return
-        start = time.perf_counter()
-        outputs = self._decode(items)
-        seconds = time.perf_counter() - start
         rows = sum(len(ids) for _, ids, _, _ in items)
-        self.metrics.batch_size.observe(len(items))
-        self.metrics.batch_rows.observe(rows)
         costs = {id(c): c for c in (e.generation.loop.policy.costs for e, *_ in items
                                     if e.generation.loop.policy is not None)}
-        for c in costs.values():
-            c.observe_target(rows, seconds)
+        curve = next(iter(costs.values()), None) or self.costs
+        calls = curve.split(rows) if curve is not None else None
+        start = time.perf_counter()
+        outputs = self._decode(items, calls)
+        seconds = time.perf_counter() - start
+        self.metrics.batch_size.observe(len(items))
+        self.metrics.batch_rows.observe(rows)
+        for c in costs.values():  # the calls as made: the curve's cheapest split of these rows
+            c.observe_target(rows, seconds * c.t(rows) / c.t_split(rows))
         for (entry, ids, _, planned), logits in zip(items, outputs, strict=True):
             if logits is None:  # its rows failed: already reported
                 continue
@@ -310,10 +314,11 @@ class BatchScheduler:
             if entry.generation.done:
                 self._finish(entry)
 
-    def _decode(self, items: list[tuple[_Entry, list[int], int, bool]]) -> list[Any]:
+    def _decode(self, items: list[tuple[_Entry, list[int], int, bool]], calls: list[int] | None
+                ) -> list[Any]:
         """The batched call; when it fails, each request's rows alone, so one bad request fails alone."""
         try:
-            return self.pool.decode([(e.slot, ids, keep) for e, ids, keep, _ in items])
+            return self.pool.decode([(e.slot, ids, keep) for e, ids, keep, _ in items], calls)
         except Exception:
             log.warning("a batched decode of %d requests failed: retrying them one by one", len(items))
         outputs: list[Any] = []
