@@ -20,12 +20,14 @@ class SequencePool:
     """`n_seq` independent sequences of `n_ctx_seq` positions each, on the weights of `model` (shared, not
     copied). KV memory is fixed here, up front: n_seq * n_ctx_seq positions.
 
-    kv_unified: one KV buffer for all sequences (llama.cpp's --kv-unified); by default each sequence has its
-    own, as llama-server does with an explicit --parallel N (cheaper attention for unrelated requests).
+    kv_unified: one KV buffer for all sequences (llama.cpp's --kv-unified), the default. With a buffer per
+    sequence, llama.cpp splits a batch whose sequences bring different numbers of rows (a draft block
+    here, a plain step there) into several passes: measured on 2 cores, 11 plain rows and one 5-token
+    block took 360 ms that way against 265 ms unified (16 plain rows: 255 against 267 ms).
     """
 
     def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx_seq: int = 4096, n_batch: int = 512,
-                 kv_unified: bool = False) -> None:
+                 kv_unified: bool = True) -> None:
         if n_seq < 1:
             raise ValueError(f"the number of parallel sequences must be >= 1, got {n_seq}")
         limit = model.max_length or n_ctx_seq

@@ -135,8 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--prefill-chunk", type=int, default=512,
                      help="prompt tokens fed per batched step, so that a long prompt does not stall the "
                      "other requests (default 512)")
-    srv.add_argument("--kv-unified", action="store_true",
-                     help="one KV buffer shared by all parallel requests (llama.cpp's --kv-unified)")
+    srv.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True,
+                     help="one KV buffer shared by all parallel requests, as llama.cpp's --kv-unified "
+                     "(default; a buffer per request makes llama.cpp split any step where requests bring "
+                     "different numbers of tokens, i.e. every step with a draft block)")
     srv.add_argument("--default-max-tokens", type=int, default=512,
                      help="chat completion length when the request gives no max_tokens (default 512)")
     srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")

@@ -43,7 +43,7 @@ class ServerSettings:
         parallel: int = 1,
         ctx_size: int = 4096,
         prefill_chunk: int = 512,
-        kv_unified: bool = False,
+        kv_unified: bool = True,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
