@@ -37,7 +37,7 @@ class SequencePool:
         lib = self._lib = model._lib
         self.model = model
         self._weights = model._weights  # the weights live as long as any pool or model on them
-        self.n_seq, self.n_ctx_seq, self.n_batch = n_seq, n_ctx_seq, n_batch
+        self.n_seq, self.n_ctx_seq, self.n_batch, self.kv_unified = n_seq, n_ctx_seq, n_batch, kv_unified
         self.vocab_size = model.vocab_size
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx_seq * n_seq
