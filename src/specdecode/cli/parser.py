@@ -132,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--ctx-size", type=int, default=4096,
                      help="context positions per parallel request (prompt + completion); KV memory is fixed "
                      "up front for --parallel x --ctx-size positions (default 4096, at most the model's)")
-    srv.add_argument("--prefill-chunk", type=int, default=512,
+    srv.add_argument("--prefill-chunk", type=int, default=256,
                      help="prompt tokens fed per batched step, so that a long prompt does not stall the "
-                     "other requests (default 512)")
+                     "other requests and the first prompts answer sooner (default 256)")
     srv.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True,
                      help="one KV buffer shared by all parallel requests, as llama.cpp's --kv-unified "
                      "(default; a buffer per request makes llama.cpp split any step where requests bring "

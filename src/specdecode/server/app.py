@@ -42,7 +42,7 @@ class ServerSettings:
         lookup_gamma_max: int = 32,
         parallel: int = 1,
         ctx_size: int = 4096,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = 256,
         kv_unified: bool = True,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max

@@ -69,7 +69,7 @@ class BatchScheduler:
     """Runs up to `parallel` generations at once, sharing target calls; `max_waiting` bounds the queue."""
 
     def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int = 4096,
-                 max_waiting: int = 64, prefill_chunk: int = 512, kv_unified: bool = True) -> None:
+                 max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True) -> None:
         from ..backends.llamacpp_pool import SequencePool
 
         why = batchable(gen)
