@@ -145,10 +145,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
                                    settings.prefill_chunk, settings.kv_unified)
             context = queue.context  # each request's fixed share of the KV memory
+            per = " per request (--ctx-size)"
         else:
             log.warning("serving one request at a time: %s", why)
     if queue is None:
         queue = GenerationQueue(metrics, settings.max_waiting)
+        per = ""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -232,14 +234,15 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         if prompt_len >= context:
             raise APIError(
                 400,
-                f"the prompt is {prompt_len} tokens but the model's context window is {context}: shorten it",
+                f"the prompt is {prompt_len} tokens but the model's context window{per} is {context}: "
+                "shorten it",
                 "messages" if hasattr(body, "messages") else "prompt",
                 "context_length_exceeded",
             )
         if asked is not None and prompt_len + asked > context:
             raise APIError(
                 400,
-                f"this model's maximum context length is {context} tokens; you requested "
+                f"this model's maximum context length{per} is {context} tokens; you requested "
                 f"{prompt_len + asked} ({prompt_len} in the prompt, {asked} for the completion): "
                 "lower max_tokens or shorten the prompt",
                 "max_tokens",
