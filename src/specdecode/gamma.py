@@ -29,6 +29,7 @@ class CostModel:
     draft_s: float
     frozen: bool = False  # ignore observations (fixed, made-up costs)
     _splits: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    _split_points: list[int] = field(default_factory=list, repr=False, compare=False)  # what they were for
 
     def split(self, k: int) -> list[int]:
         """Call sizes summing to k that cost least in all: a call on k tokens can cost more than two smaller
@@ -36,9 +37,9 @@ class CostModel:
         observations only rescale; beyond SPLIT_MAX tokens, one call."""
         if k <= 1 or k > SPLIT_MAX:
             return [k]
-        if self._splits.get(-1) != sorted(self.target_s):  # the measured points changed: decide again
+        if self._split_points != sorted(self.target_s):  # the measured points changed: decide again
             self._splits.clear()
-            self._splits[-1] = sorted(self.target_s)
+            self._split_points = sorted(self.target_s)
         if k not in self._splits:
             best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
             for j in range(1, k + 1):
@@ -184,6 +185,7 @@ class AutoGamma:
         return self._worth[source]
 
     def alpha_of(self, source: str) -> float:
+        """The running alpha of `source`, or its prior before its first verified position."""
         return self.alphas.get(source, self.priors.get(source, self.alpha))
 
     def expected_tokens(self, source: str, gamma: int) -> float:
@@ -253,7 +255,7 @@ class AutoGamma:
             prior = self.priors.get(source, self.alpha)
             self.alphas[source] = (ok + prior) / (ok + miss + 1.0)  # the prior weighs one token
         elif proposed:
-            old = self.alphas.get(source, self.priors.get(source, self.alpha))
+            old = self.alpha_of(source)
             self.alphas[source] = self.decay * old + (1 - self.decay) * beta_sum / proposed
         if target_s is not None:
             self.costs.observe_target(target_k, target_s)

@@ -85,6 +85,46 @@ def check_gguf_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def check_token_ids(ids: np.ndarray, vocab: int, path: str) -> None:
+    """A ValueError naming the first offending id when `ids` leave the vocabulary [0, vocab) of `path`."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab}) of {path}")
+
+
+class TokenBatch:
+    """A llama.cpp batch of up to `size` rows, one sequence id each, with its columns as numpy arrays."""
+
+    def __init__(self, lib: Any, size: int, vocab: int) -> None:
+        self.lib, self.size, self.vocab = lib, size, vocab
+        self.batch = lib.llama_batch_init(size, 0, 1)
+        as_array = np.ctypeslib.as_array
+        self.token = as_array(self.batch.token, shape=(size,))
+        self.pos = as_array(self.batch.pos, shape=(size,))
+        self.logits = as_array(self.batch.logits, shape=(size,))
+        as_array(self.batch.n_seq_id, shape=(size,))[:] = 1
+        self.seq = [self.batch.seq_id[i] for i in range(size)]  # row i's sequence id: seq[i][0]
+        for row in self.seq:
+            row[0] = 0
+
+    def decode(self, ctx: Any, rows: int) -> int:
+        """llama_decode of the first `rows` rows; llama.cpp's return code."""
+        self.batch.n_tokens = rows
+        return int(self.lib.llama_decode(ctx, self.batch))
+
+    def outputs(self, ctx: Any, rows: int) -> torch.Tensor:
+        """The logits [rows, V] of the rows the last decode marked, as a view of llama.cpp's buffer (valid
+        until the next decode on `ctx`)."""
+        ptr = self.lib.llama_get_logits(ctx)
+        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(rows, self.vocab)))
+
+    def free(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+
+
 class _Weights:
     """Owns a loaded llama.cpp model (weights and vocabulary): freed when the last holder lets go, so a
     tokenizer kept after its `LlamaCppModel` is gone still works."""
@@ -152,14 +192,7 @@ class LlamaCppModel:
         self._mem: Any = None
         self._n_ctx = 0
         self._tokens: list[int] = []
-        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(self.n_batch,))
-        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self.n_batch,))
-        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
-        n_seq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self.n_batch,))
-        n_seq[:] = 1
-        for i in range(self.n_batch):
-            self._batch.seq_id[i][0] = 0
+        self._batch: TokenBatch | None = TokenBatch(lib, self.n_batch, self.vocab_size)
         self._new_context(n_ctx or 4096)
 
     # -- the CausalLM protocol -------------------------------------------------------------------------
@@ -184,11 +217,7 @@ class LlamaCppModel:
         steps = int(ids.shape[0])
         if steps == 0:
             raise ValueError("forward needs at least one token")
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= self.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size}) "
-                             f"of {self.path}")
+        check_token_ids(ids, self.vocab_size, self.path)
         needed = self.length + steps
         if needed > self._n_ctx:
             self.reserve(needed)
@@ -196,21 +225,21 @@ class LlamaCppModel:
         first_out = steps - keep
         earlier: list[torch.Tensor] = []
         out = None
+        batch = self._batch
+        assert batch is not None, "the model is closed"
         for start in range(0, steps, self.n_batch):
             n = min(self.n_batch, steps - start)
-            self._b_token[:n] = ids[start : start + n]
-            self._b_pos[:n] = np.arange(self.length + start, self.length + start + n, dtype=np.int32)
-            self._b_logits[:n] = np.arange(start, start + n) >= first_out
-            self._batch.n_tokens = n
-            rc = self._lib.llama_decode(self._ctx, self._batch)
+            batch.token[:n] = ids[start : start + n]
+            batch.pos[:n] = np.arange(self.length + start, self.length + start + n, dtype=np.int32)
+            batch.logits[:n] = np.arange(start, start + n) >= first_out
+            rc = batch.decode(self._ctx, n)
             if rc != 0:
                 self._lib.llama_memory_seq_rm(self._mem, 0, self.length, -1)
                 raise RuntimeError(f"llama_decode failed with code {rc} at position {self.length + start} "
                                    f"(context {self._n_ctx}); llama.cpp says: {_recent_log() or 'nothing'}")
             rows = max(0, start + n - max(first_out, start))
             if rows:
-                ptr = self._lib.llama_get_logits(self._ctx)
-                out = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(rows, self.vocab_size)))
+                out = batch.outputs(self._ctx, rows)
                 if start + n < steps:  # more chunks follow and will overwrite the buffer
                     earlier.append(out.clone())
                     out = None
@@ -289,7 +318,7 @@ class LlamaCppModel:
             return
         self._free_context()
         if getattr(self, "_batch", None) is not None:
-            lib.llama_batch_free(self._batch)
+            self._batch.free()
             self._batch = None
         self._model = None  # the weights are freed with the last reference (this model or its tokenizer)
         self._weights = None

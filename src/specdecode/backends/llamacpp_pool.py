@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .llamacpp import LlamaCppModel, _recent_log
+from .llamacpp import LlamaCppModel, TokenBatch, _recent_log, check_token_ids
 
 SEQ_CTX_STEP = 256  # llama.cpp pads a sequence's context to a multiple of this
 
@@ -53,12 +53,7 @@ class SequencePool:
                 f"({n_seq * n_ctx_seq} in all) for {model.path}: lower --parallel or --ctx-size; "
                 f"llama.cpp says: {_recent_log() or 'nothing'}")
         self._mem = lib.llama_get_memory(self._ctx)
-        self._batch = lib.llama_batch_init(n_batch, 0, 1)
-        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
-        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
-        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
-        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))[:] = 1
-        self._b_seq = [self._batch.seq_id[i] for i in range(n_batch)]
+        self._batch: TokenBatch | None = TokenBatch(lib, n_batch, self.vocab_size)
         self.slots = [SequenceSlot(self, i) for i in range(n_seq)]
         self._free = list(range(n_seq))
         self._lock = threading.Lock()
@@ -97,10 +92,7 @@ class SequencePool:
             ids = [int(t) for t in ids]
             if not ids:
                 raise ValueError("decode needs at least one token per item")
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size}) "
-                                 f"of {self.model.path}")
+            check_token_ids(np.asarray(ids), self.vocab_size, self.model.path)
             if slot.length + len(ids) > self.n_ctx_seq:
                 raise ValueError(f"{slot.length + len(ids)} positions do not fit a sequence's context of "
                                  f"{self.n_ctx_seq} (--ctx-size): shorten the prompt or max_tokens")
@@ -122,14 +114,14 @@ class SequencePool:
 
     def _run(self, rows: list[tuple[int, int, int, bool]], items: Sequence[tuple[Any, Any, int]],
              calls: Sequence[int]) -> list[torch.Tensor]:
-        lib, outputs, start = self._lib, [], 0
+        lib, batch, outputs, start = self._lib, self._batch, [], 0
+        assert batch is not None, "the pool is closed"
         for n in calls:
             chunk = rows[start : start + n]
             for i, (token, pos, seq, want) in enumerate(chunk):
-                self._b_token[i], self._b_pos[i], self._b_logits[i] = token, pos, want
-                self._b_seq[i][0] = seq
-            self._batch.n_tokens = n
-            rc = lib.llama_decode(self._ctx, self._batch)
+                batch.token[i], batch.pos[i], batch.logits[i] = token, pos, want
+                batch.seq[i][0] = seq
+            rc = batch.decode(self._ctx, n)
             if rc != 0:
                 for slot, _, _ in items:  # undo whatever part of this call reached the cache
                     lib.llama_memory_seq_rm(self._mem, slot.seq_id, slot.length, -1)
@@ -138,8 +130,7 @@ class SequencePool:
                                    f"over {len(items)} sequences; llama.cpp says: {said}")
             wanted = sum(1 for r in chunk if r[3])
             if wanted:
-                ptr = lib.llama_get_logits(self._ctx)
-                view = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(wanted, self.vocab_size)))
+                view = batch.outputs(self._ctx, wanted)
                 more = start + n < len(rows)
                 outputs.append(view.clone() if more else view)  # the next call overwrites the buffer
             start += n
@@ -154,7 +145,7 @@ class SequencePool:
             lib.llama_free(self._ctx)
             self._ctx = None
         if getattr(self, "_batch", None) is not None:
-            lib.llama_batch_free(self._batch)
+            self._batch.free()
             self._batch = None
         self._weights = None
 

@@ -23,8 +23,7 @@ from typing import Any
 from ..drafters import draft_models, fork_drafter
 from ..gamma import BatchLoad
 from .metrics import Metrics
-from .schemas import APIError
-from .worker import Job
+from .worker import Admission, Job
 
 log = logging.getLogger("specdecode.server")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
@@ -65,7 +64,7 @@ def batchable(gen: Any) -> str | None:
     return None
 
 
-class BatchScheduler:
+class BatchScheduler(Admission):
     """Runs up to `parallel` generations at once, sharing target calls; `max_waiting` bounds the queue."""
 
     def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int = 4096,
@@ -96,18 +95,8 @@ class BatchScheduler:
 
     # -- the request side (event loop) ----------------------------------------------------------------
     @property
-    def waiting(self) -> int:
+    def waiting(self) -> int:  # type: ignore[override]  # requests not yet in a slot
         return len(self._waiting)
-
-    def admit(self) -> None:
-        """Raise a 503 when `max_waiting` requests already wait for a slot."""
-        if self.waiting >= self.max_waiting:
-            raise APIError(503, f"the server is busy: {self.waiting} requests are already waiting "
-                           "(--max-waiting); retry later", code="server_busy")
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` off the event loop (tokenising prompts)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self, job: Job, start: Callable[..., Any], disconnected: Callable[[], Awaitable[bool]],
                   admitted: bool = False) -> AsyncIterator[Any]:

@@ -38,17 +38,16 @@ def _next(stream: Any) -> Any:
     return next(stream, _END)
 
 
-class GenerationQueue:
-    """Serialises generations; `max_waiting` bounds how many requests may wait (503 beyond)."""
+class Admission:
+    """What the request queues share: a 503 once `max_waiting` requests wait, and `call` to run work off
+    the event loop on the queue's one worker thread (the model thread, or a tokenizer thread)."""
 
-    def __init__(self, metrics: Metrics, max_waiting: int = 64) -> None:
-        self.metrics, self.max_waiting = metrics, max_waiting
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdecode-model")
-        self._lock: asyncio.Lock | None = None
-        self.waiting = 0
+    max_waiting: int
+    executor: ThreadPoolExecutor
+    waiting: int
 
     def admit(self) -> None:
-        """Raise a 503 when `max_waiting` requests already wait for the model."""
+        """Raise a 503 when `max_waiting` requests already wait."""
         if self.waiting >= self.max_waiting:
             raise APIError(
                 503,
@@ -58,8 +57,18 @@ class GenerationQueue:
             )
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` on the model thread (after whatever is already queued there)."""
+        """Run `fn` on the worker thread (after whatever is already queued there)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+class GenerationQueue(Admission):
+    """Serialises generations; `max_waiting` bounds how many requests may wait (503 beyond)."""
+
+    def __init__(self, metrics: Metrics, max_waiting: int = 64) -> None:
+        self.metrics, self.max_waiting = metrics, max_waiting
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdecode-model")
+        self._lock: asyncio.Lock | None = None
+        self.waiting = 0
 
     async def run(
         self, job: Job, start: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]],
