@@ -24,6 +24,7 @@ from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+DEFAULT_CACHE_TOKENS = 8192  # KV positions parked for later requests (see BENCHMARKS.md, prefix cache)
 
 log = logging.getLogger("specdecode.server")
 
@@ -44,11 +45,16 @@ class ServerSettings:
         ctx_size: int = 4096,
         prefill_chunk: int = 256,
         kv_unified: bool = True,
+        prefix_cache: bool = True,
+        cache_tokens: int = DEFAULT_CACHE_TOKENS,
+        cache_ram_mib: int = 0,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
         self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
         self.kv_unified = kv_unified
+        # the prefix cache: on or off, KV positions kept for finished requests, host RAM for evicted ones
+        self.prefix_cache, self.cache_tokens, self.cache_ram_mib = prefix_cache, cache_tokens, cache_ram_mib
         self.lookup_gamma_max = lookup_gamma_max
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
 
@@ -60,6 +66,7 @@ def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens if stats else 0},
     }
     if stats is not None:
         usage.update(
@@ -142,14 +149,16 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     if settings.parallel > 1:
         why = batchable(gen)
         if why is None:
+            cache = settings.cache_tokens if settings.prefix_cache else 0
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
-                                   settings.prefill_chunk, settings.kv_unified)
+                                   settings.prefill_chunk, settings.kv_unified, cache,
+                                   settings.cache_ram_mib << 20)
             context = queue.context  # each request's fixed share of the KV memory
             per = " per request (--ctx-size)"
         else:
             log.warning("serving one request at a time: %s", why)
     if queue is None:
-        queue = GenerationQueue(metrics, settings.max_waiting)
+        queue = GenerationQueue(metrics, settings.max_waiting, held=lambda: int(gen.target.length))
         per = ""
 
     @asynccontextmanager
@@ -286,6 +295,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             gamma_max=gamma_max,
             lookup_gamma_max=lookup_gamma_max,
             prediction=prediction,
+            cache_prompt=settings.prefix_cache and body.cache_prompt is not False,
         )
 
         def start(bind: Any = None) -> Any:

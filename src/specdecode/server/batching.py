@@ -68,7 +68,8 @@ class BatchScheduler(Admission):
     """Runs up to `parallel` generations at once, sharing target calls; `max_waiting` bounds the queue."""
 
     def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int = 4096,
-                 max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True) -> None:
+                 max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True,
+                 cache_tokens: int = 0, cache_ram: int = 0) -> None:
         from ..backends.llamacpp_pool import SequencePool
 
         why = batchable(gen)
@@ -78,10 +79,12 @@ class BatchScheduler(Admission):
             raise ValueError(f"the prefill chunk must be >= 1 token, got {prefill_chunk}")
         self.metrics, self.max_waiting, self.prefill_chunk = metrics, max_waiting, prefill_chunk
         n_batch = max(512, prefill_chunk)
-        self.pool = SequencePool(gen.target, parallel, ctx_size, n_batch=n_batch, kv_unified=kv_unified)
+        self.pool = SequencePool(gen.target, parallel, ctx_size, n_batch=n_batch, kv_unified=kv_unified,
+                                 cache_tokens=cache_tokens, cache_ram=cache_ram)
         drafts = draft_models(gen.drafter)
         self.draft_pool = (SequencePool(drafts[0], parallel, self.pool.n_ctx_seq, n_batch=n_batch,
-                                        kv_unified=kv_unified) if drafts else None)
+                                        kv_unified=kv_unified, cache_tokens=cache_tokens, cache_ram=cache_ram)
+                           if drafts else None)
         self.context = self.pool.n_ctx_seq
         # the target's measured cost curve (calibrated at warm-up), to split a step into its cheapest calls
         self.costs = max(gen._cost_models.items(), default=(0, None))[1]
@@ -208,8 +211,9 @@ class BatchScheduler(Admission):
             self._active.remove(entry)
         if entry.slot is not None:
             if self.draft_pool is not None:
-                self.draft_pool.slots[entry.slot.seq_id].reset()
+                self.draft_pool.retire(self.draft_pool.slots[entry.slot.seq_id])
             self.pool.release(entry.slot)
+            self.metrics.record_cache(self.pool.cache)
             entry.slot = None
         self.metrics.slots_in_use.set(self.pool.n_seq - self.pool.free)
         entry.job.finished = time.perf_counter()
