@@ -194,3 +194,58 @@ def test_pool_without_cache_reads_everything(target):
         assert b.prefix(list(range(50, 95))) is None
         assert start_sequence(b, list(range(50, 95)), reuse=True) and b.length == 0
         pool.close()
+
+
+# -- the server ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_server_reports_cached_tokens_and_honours_the_switches(files, parallel):
+    import json
+
+    import httpx
+
+    from specdecode.server import ServerSettings, create_app
+
+    from .test_batching import _Server
+
+    gen = SpeculativeGenerator(LlamaCppModel(files["target"]), NgramDrafter())
+    servers = {"on": _Server(create_app(gen, ServerSettings("tiny", parallel=parallel, ctx_size=1024))),
+               "off": _Server(create_app(SpeculativeGenerator(LlamaCppModel(files["target"]), NgramDrafter()),
+                                         ServerSettings("tiny", parallel=parallel, ctx_size=1024,
+                                                        prefix_cache=False)))}
+    try:
+        def chat(url: str, messages: list, **extra) -> dict:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                           json={"messages": messages, "max_tokens": 8, "temperature": 0, **extra})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        doc = "def f(x):\n    return x + 1\n" * 40
+        messages = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": doc}]
+        for url in (servers["on"].url, servers["off"].url):
+            first = chat(url, messages)
+            assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        turn2 = messages + [first["choices"][0]["message"], {"role": "user", "content": "And g?"}]
+        on = chat(servers["on"].url, turn2)
+        off = chat(servers["off"].url, turn2)
+        prompt = on["usage"]["prompt_tokens"]
+        assert on["usage"]["prompt_tokens_details"]["cached_tokens"] > prompt - 30
+        assert off["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        assert on["choices"][0]["message"]["content"] == off["choices"][0]["message"]["content"]
+        # llama-server's per-request switch, and the streamed usage chunk
+        assert chat(servers["on"].url, turn2, cache_prompt=False)["usage"]["prompt_tokens_details"] == {
+            "cached_tokens": 0}
+        with httpx.stream("POST", f"{servers['on'].url}/v1/completions", timeout=60,
+                          json={"prompt": doc + "# end", "max_tokens": 4, "stream": True,
+                                "stream_options": {"include_usage": True}}) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines()
+                      if line.startswith("data: {")]
+        assert events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        metrics = httpx.get(f"{servers['on'].url}/metrics").text
+        values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                  if line and not line.startswith("#")}
+        assert values["specdecode_prompt_tokens_cached_total"] > prompt - 30
+        assert values["specdecode_prompt_tokens_read_total"] > 0
+        assert values["specdecode_prefix_cache_tokens"] > 0
+    finally:
+        for s in servers.values():
+            s.close()

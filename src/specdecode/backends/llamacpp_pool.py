@@ -104,6 +104,19 @@ class SequencePool:
                 self._free.append(slot.seq_id)
                 self._free.sort()
 
+    def share(self, src: SequenceSlot, dst: SequenceSlot, end: int) -> None:
+        """Extend `dst` to `end` positions with `src`'s cells (the same tokens there: the caller checks)."""
+        start = dst.length
+        if end <= start:
+            return
+        if end > src.length:
+            raise ValueError(f"sequence {src.seq_id} holds {src.length} positions, not {end}")
+        self._lib.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, start, end)
+        dst._tokens.extend(src._tokens[start:end])
+        if self.cache is not None:
+            self.cache.stats.tokens_served += end - start
+            self.cache.stats.by_source["live"] = self.cache.stats.by_source.get("live", 0) + end - start
+
     # -- batched decode -------------------------------------------------------------------------------
     def decode(self, items: Sequence[tuple[SequenceSlot, Sequence[int], int]],
                calls: Sequence[int] | None = None) -> list[torch.Tensor]:

@@ -200,7 +200,19 @@ def _edit(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens or int(1.5 * file_tokens) + 256, temperature=args.temperature,
         seed=args.seed, gamma=args.gamma, gamma_max=args.gamma_max, lookup_gamma_max=args.lookup_gamma_max)
+    disk = None
+    if args.prompt_cache is not None:
+        from ..prompt_cache import DiskPromptCache
+
+        disk = DiskPromptCache(args.prompt_cache, target)
+        prompt_ids = gen.encode(task.messages, chat=True)
+        loaded = disk.load(prompt_ids)
+        _status(args, f"prompt cache: {loaded} of {len(prompt_ids)} prompt tokens loaded from {disk.dir}")
     result = run_edit(gen, task, settings, progress=not args.quiet)
+    if disk is not None:
+        saved = disk.save(prompt_ids)
+        if saved is not None:
+            _status(args, f"prompt cache: saved {saved}")
     new_text = extract_code(result.text)
     diff = unified_diff(task, new_text)
     report: dict[str, Any] = {"file": str(task.path), "instruction": task.instruction, "text": new_text,
@@ -211,7 +223,8 @@ def _edit(args: argparse.Namespace) -> int:
         from ..compare import compare
 
         _status(args, "generating again without the prediction (plain decoding) for comparison ...")
-        plain = SpeculativeGenerator(target).generate(task.messages, chat=True, **settings)
+        plain = SpeculativeGenerator(target).generate(task.messages, chat=True, cache_prompt=False,
+                                                      **settings)
         comparison = compare(target, gen.encode(task.messages, chat=True), plain, result,
                              greedy=args.temperature == 0)
         report["compare"] = comparison.to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from ..prompt_cache import default_directory as default_prompt_cache
 from ..registry import BUILTINS
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--compare", action="store_true",
                     help="also generate without the prediction (plain decoding) and report both speeds and "
                     "whether the outputs are identical")
+    ed.add_argument("--prompt-cache", nargs="?", const=str(default_prompt_cache()), default=None,
+                    metavar="DIR", help="keep the prompt's KV state on disk (llama.cpp backend), keyed by "
+                    "the model file's hash and the prompt's tokens: a later edit of the same file skips "
+                    f"reading it (default off; without DIR: {default_prompt_cache()})")
     ed.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
     bench = sub.add_parser(

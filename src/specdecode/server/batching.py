@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import common_prefix
 from ..drafters import draft_models, fork_drafter
 from ..gamma import BatchLoad
 from .metrics import Metrics
@@ -27,6 +28,7 @@ from .worker import Admission, Job
 
 log = logging.getLogger("specdecode.server")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+FOLLOW_MIN = 32  # a shared prompt prefix shorter than this is read again rather than waited for
 
 
 @dataclass
@@ -254,6 +256,8 @@ class BatchScheduler(Admission):
         load = BatchLoad()
         for entry in self._active:
             loop = entry.generation.loop
+            if loop.unfed() > 1 and self._follow(entry):
+                continue  # an earlier request is reading the prompt prefix they share: wait for it
             unfed = loop.unfed()
             if unfed - 1 > budget:  # the rest of its prompt does not fit this step: a chunk of it
                 if budget > 0:
@@ -306,6 +310,30 @@ class BatchScheduler(Admission):
                 entry.post("piece", piece)
             if entry.generation.done:
                 self._finish(entry)
+
+    def _follow(self, entry: _Entry) -> bool:
+        """Give a request still reading its prompt what an earlier running request has read of the prefix
+        they share (shared KV cells, prefix cache on); True when that request has more of it to read, so
+        this one waits instead of reading the same tokens at the same time."""
+        if self.pool.cache is None:
+            return False
+        loop = entry.generation.loop
+        seq, have = loop.seq, loop.target.length
+        best, lead = 0, None
+        for other in self._active:
+            if other is entry:
+                break  # only requests admitted earlier lead
+            n = common_prefix(other.generation.loop.seq, seq)
+            if n > best:
+                best, lead = n, other
+        limit = min(best, len(seq) - 1)
+        if lead is None or limit - have < FOLLOW_MIN:
+            return False
+        upto = min(limit, lead.slot.length)
+        if upto > have:
+            self.pool.share(lead.slot, entry.slot, upto)
+            entry.generation.stats.cached_tokens += upto - have
+        return upto < limit
 
     def _decode(self, items: list[tuple[_Entry, list[int], int, bool]], calls: list[int] | None
                 ) -> list[Any]:
