@@ -234,6 +234,7 @@ def test_server_reports_cached_tokens_and_honours_the_switches(files, parallel):
         # llama-server's per-request switch, and the streamed usage chunk
         assert chat(servers["on"].url, turn2, cache_prompt=False)["usage"]["prompt_tokens_details"] == {
             "cached_tokens": 0}
+        httpx.post(f"{servers['on'].url}/v1/completions", json={"prompt": doc, "max_tokens": 2}, timeout=60)
         with httpx.stream("POST", f"{servers['on'].url}/v1/completions", timeout=60,
                           json={"prompt": doc + "# end", "max_tokens": 4, "stream": True,
                                 "stream_options": {"include_usage": True}}) as r:
@@ -249,3 +250,49 @@ def test_server_reports_cached_tokens_and_honours_the_switches(files, parallel):
     finally:
         for s in servers.values():
             s.close()
+
+
+def test_concurrent_requests_read_a_shared_prefix_once(files):
+    import concurrent.futures as cf
+
+    import httpx
+
+    from specdecode.server import ServerSettings, create_app
+
+    from .test_batching import _Server
+
+    shared = "".join(f"def helper_{i}(x):\n    return x * {i}\n\n" for i in range(60))
+    prompts = [shared + f"# question {i}: what does helper_{i} return?\n" for i in range(3)]
+    results = {}
+    for cache in (True, False):
+        gen = SpeculativeGenerator(LlamaCppModel(files["target"]), NgramDrafter())
+        srv = _Server(create_app(gen, ServerSettings("tiny", parallel=3, ctx_size=2048, prefix_cache=cache,
+                                                     prefill_chunk=64)))
+        try:
+            def post(prompt: str, url: str = srv.url) -> dict:
+                r = httpx.post(f"{url}/v1/completions", timeout=120,
+                               json={"prompt": prompt, "max_tokens": 12, "temperature": 0})
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            with cf.ThreadPoolExecutor(3) as ex:
+                results[cache] = list(ex.map(post, prompts))
+            metrics = httpx.get(f"{srv.url}/metrics").text
+            results[cache, "read"] = next(float(line.split()[1]) for line in metrics.splitlines()
+                                          if line.startswith("specdecode_prompt_tokens_read_total"))
+        finally:
+            srv.close()
+    total = sum(r["usage"]["prompt_tokens"] for r in results[True])
+    prefix_tokens = results[True][0]["usage"]["prompt_tokens"] - 20
+    assert results[False, "read"] == total
+    assert results[True, "read"] < total - 1.5 * prefix_tokens  # the shared part was read about once
+    cached = sum(r["usage"]["prompt_tokens_details"]["cached_tokens"] for r in results[True])
+    assert cached > 1.5 * prefix_tokens
+    reference = LlamaCppModel(files["target"])
+    for on, off, prompt in zip(results[True], results[False], prompts, strict=True):
+        a, b = on["choices"][0]["text"], off["choices"][0]["text"]
+        if a != b:
+            tok = reference.tokenizer
+            div = first_divergence(reference, tok.encode(prompt), tok.encode(a, add_special_tokens=False),
+                                   tok.encode(b, add_special_tokens=False))
+            assert div is not None and div.top2_margin <= near_tie_margin(reference)
