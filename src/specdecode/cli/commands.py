@@ -92,6 +92,8 @@ def _generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, gamma=args.gamma, gamma_max=args.gamma_max,
         lookup_gamma_max=args.lookup_gamma_max, seed=args.seed, stop=args.stop,
+        # --compare times both runs from a cold prompt: neither may start from the other's cache
+        cache_prompt=not args.compare,
     )
     plain_gen = SpeculativeGenerator(target) if args.compare else None
     if plain_gen is not None:  # pay one-off kernel set-up before either timed run
