@@ -17,6 +17,7 @@ from .llamacpp_cache import LlamaKVStore
 
 SEQ_CTX_STEP = 256  # llama.cpp pads a sequence's context to a multiple of this
 PARKED_SEQUENCES = 32  # sequence ids kept for parked prefixes (beyond one per slot)
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 class SequencePool:
@@ -52,7 +53,8 @@ class SequencePool:
         if cache_tokens > 0 and why:
             _log_once(f"{model.path}: prefix cache off: {why}")
         cache_tokens = max(0, int(cache_tokens)) if not why else 0
-        n_park = PARKED_SEQUENCES if cache_tokens else 0
+        n_park = max(0, min(PARKED_SEQUENCES, MAX_SEQUENCES - n_seq)) if cache_tokens else 0
+        cache_tokens = cache_tokens if n_park else 0
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx_seq * n_seq + cache_tokens
         params.n_batch = params.n_ubatch = n_batch
