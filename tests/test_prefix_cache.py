@@ -157,6 +157,22 @@ def test_policy_without_budget_keeps_nothing():
     assert cache.parked_tokens == 0 and cache.attach(1, [1, 2, 3, 4]) == (0, [])
 
 
+def test_policy_with_host_memory_only_saves_as_sequences_finish():
+    store = FakeStore()
+    cache = PrefixCache(store, park_ids=[], budget_tokens=0, host_bytes=10)
+    store.seqs[0] = [1, 2, 3, 4]
+    cache.park(0, store.seqs[0])
+    assert cache.parked_tokens == 0 and cache.host_used == 4 and cache.stats.spills == 1
+    store.seqs[0] = [1, 2, 3, 4, 5, 6]  # the next turn: the older entry is a prefix of it, and goes
+    cache.park(0, store.seqs[0])
+    assert len(cache.host) == 1 and cache.host_used == 6
+    n, held = cache.attach(1, [1, 2, 3, 4, 5, 9])
+    assert n == 5 and held == [1, 2, 3, 4, 5, 6] and store.seqs[1] == [1, 2, 3, 4, 5, 6]
+    store.seqs[2] = [7, 8, 9, 10, 11]  # 11 bytes > 10: the least recently used entry goes
+    cache.park(2, store.seqs[2])
+    assert len(cache.host) == 1 and cache.attach(3, [1, 2, 3, 4, 5])[0] == 0
+
+
 def test_policy_out_of_park_ids_evicts_the_oldest():
     store = FakeStore()
     cache = PrefixCache(store, park_ids=[10, 11], budget_tokens=100)

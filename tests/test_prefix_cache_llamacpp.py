@@ -184,8 +184,25 @@ def test_pool_spills_to_host_memory_and_restores(target):
     pool.close()
 
 
+def test_pool_with_host_memory_only(target):
+    pool = SequencePool(target, 2, 512, cache_tokens=0, cache_ram=64 << 20)
+    system = list(range(4000, 4300))
+    a = pool.acquire()
+    a.prefix(system + [1])
+    pool.decode([(a, system + [1], 1)])
+    pool.release(a)  # saved to host memory, gone from the KV memory
+    assert pool.cache.parked_tokens == 0 and pool.cache.stats.spills == 1
+    assert int(pool._lib.llama_memory_seq_pos_max(pool._mem, a.seq_id)) == -1
+    b = pool.acquire()
+    assert b.prefix(system + [2, 3]) == len(system) and b.tokens == system
+    got = pool.decode([(b, [2, 3], 2)])[0].clone()
+    assert close(got, fresh_logits(target, system + [2, 3], 2))
+    pool.release(b)
+    pool.close()
+
+
 def test_pool_without_cache_reads_everything(target):
-    for pool in (SequencePool(target, 2, 512, cache_tokens=0),
+    for pool in (SequencePool(target, 2, 512, cache_tokens=0, cache_ram=0),
                  SequencePool(target, 2, 512, kv_unified=False, cache_tokens=1024)):
         assert pool.cache is None
         a = pool.acquire()

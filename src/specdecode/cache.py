@@ -258,7 +258,11 @@ class PrefixCache:
         """Keep what sequence `seq` holds (`tokens`, its KV positions) for later requests; the caller then
         empties `seq`. Parked sequences that are a prefix of it are merged into it."""
         tokens = list(tokens)
-        if len(tokens) < self.min_reuse or self.budget_tokens == 0:
+        if len(tokens) < self.min_reuse:
+            return
+        if self.budget_tokens == 0:  # nothing parked in KV memory: straight to host memory, if any
+            if self.host_bytes > 0:
+                self._spill(seq, tokens)
             return
         if len(tokens) > self.budget_tokens:
             tokens = tokens[: self.budget_tokens]
@@ -294,7 +298,7 @@ class PrefixCache:
             return False
         assert isinstance(pid, int)
         if self.host_bytes > 0:
-            self._spill(pid)
+            self._spill(pid, self.parked.tokens(pid))
         self._drop_parked(pid)
         self.stats.evictions += 1
         return True
@@ -311,9 +315,9 @@ class PrefixCache:
         return n
 
     # -- host RAM ------------------------------------------------------------------------------------
-    def _spill(self, pid: int) -> None:
-        tokens = self.parked.tokens(pid)
-        data = self.store.save(pid)
+    def _spill(self, seq: int, tokens: list[int]) -> None:
+        """Save sequence `seq` (holding `tokens`) to host memory."""
+        data = self.store.save(seq)
         if not data or len(data) > self.host_bytes:
             return
         key = next(self._keys)

@@ -29,10 +29,12 @@ class SequencePool:
     here, a plain step there) into several passes: measured on 2 cores, 11 plain rows and one 5-token
     block took 360 ms that way against 265 ms unified (16 plain rows: 255 against 267 ms).
 
-    cache_tokens: KV positions kept, beyond the slots' own, for the prefixes of finished requests (the
-    prefix cache; 0 turns it off). A new request copies the longest prefix of its prompt that any
-    running or parked sequence holds (shared cells, nothing recomputed) and reads only the rest.
-    cache_ram: bytes of host memory for parked prefixes evicted from KV memory (0: dropped).
+    The prefix cache (on when either budget is > 0): a new request copies the longest prefix of its
+    prompt that any running sequence holds (shared cells, nothing recomputed), or that a finished one
+    left, and reads only the rest. cache_tokens: KV positions kept, beyond the slots' own, for finished
+    sequences (parked cells cost every decode step: attention spans them); cache_ram: bytes of host
+    memory for finished sequences (saved as they finish when cache_tokens is 0, else when evicted from
+    KV memory), restored into the slot of a request that needs them.
     """
 
     def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx_seq: int = 4096, n_batch: int = 512,
@@ -50,9 +52,10 @@ class SequencePool:
         self.vocab_size = model.vocab_size
         why = ("the KV memory is not unified (--no-kv-unified): sequences cannot share cells"
                if not kv_unified else model.no_reuse)
-        if cache_tokens > 0 and why:
+        wanted = cache_tokens > 0 or cache_ram > 0
+        if wanted and why:
             _log_once(f"{model.path}: prefix cache off: {why}")
-        cache_tokens = max(0, int(cache_tokens)) if not why else 0
+        cache_tokens, cache_ram = (max(0, int(cache_tokens)), max(0, int(cache_ram))) if not why else (0, 0)
         n_park = max(0, min(PARKED_SEQUENCES, MAX_SEQUENCES - n_seq)) if cache_tokens else 0
         cache_tokens = cache_tokens if n_park else 0
         params = lib.llama_context_default_params()
@@ -74,7 +77,7 @@ class SequencePool:
         self._free = list(range(n_seq))
         self._lock = threading.Lock()
         self.cache: PrefixCache | None = None
-        if cache_tokens:
+        if cache_tokens or cache_ram:
             self.cache = PrefixCache(LlamaKVStore(lib, self._ctx, self._mem), range(n_seq, n_seq + n_park),
                                      cache_tokens, cache_ram, name=model.path)
 

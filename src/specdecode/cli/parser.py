@@ -148,12 +148,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="reuse the KV of any prompt prefix an earlier or running request already read, so "
                      "a chat or an agent loop reads only its new tokens (default; --no-prefix-cache reads "
                      "every prompt whole, for measurement)")
-    srv.add_argument("--cache-tokens", type=int, default=8192,
-                     help="KV positions kept for the prompts and answers of finished requests, beyond the "
-                     "slots' own; least recently used ones are evicted first (default 8192)")
-    srv.add_argument("--cache-ram", type=int, default=0, metavar="MiB",
-                     help="host memory (MiB) for cached prefixes evicted from KV memory, restored when a "
-                     "prompt needs them again, as llama-server's --cache-ram (default 0: dropped)")
+    srv.add_argument("--cache-ram", type=int, default=4096, metavar="MiB",
+                     help="host memory (MiB) for the prompts and answers of finished requests, restored into "
+                     "the KV memory when a later prompt starts with them, as llama-server's --cache-ram; "
+                     "least recently used ones go first (default 4096; 0: none)")
+    srv.add_argument("--cache-tokens", type=int, default=0,
+                     help="KV positions that keep finished requests in the KV memory itself (no restore, "
+                     "but every parked position slows every decode step; beyond it they go to --cache-ram; "
+                     "default 0)")
     srv.add_argument("--default-max-tokens", type=int, default=512,
                      help="chat completion length when the request gives no max_tokens (default 512)")
     srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")

@@ -24,7 +24,10 @@ from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
-DEFAULT_CACHE_TOKENS = 8192  # KV positions parked for later requests (see BENCHMARKS.md, prefix cache)
+# the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
+# the KV buffer, where every parked position slows every decode step (2048 parked: 1.09x a step's time)
+DEFAULT_CACHE_TOKENS = 0
+DEFAULT_CACHE_RAM_MIB = 4096
 
 log = logging.getLogger("specdecode.server")
 
@@ -47,7 +50,7 @@ class ServerSettings:
         kv_unified: bool = True,
         prefix_cache: bool = True,
         cache_tokens: int = DEFAULT_CACHE_TOKENS,
-        cache_ram_mib: int = 0,
+        cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
@@ -149,10 +152,10 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     if settings.parallel > 1:
         why = batchable(gen)
         if why is None:
-            cache = settings.cache_tokens if settings.prefix_cache else 0
+            on = settings.prefix_cache
+            kv, ram = (settings.cache_tokens, settings.cache_ram_mib << 20) if on else (0, 0)
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
-                                   settings.prefill_chunk, settings.kv_unified, cache,
-                                   settings.cache_ram_mib << 20)
+                                   settings.prefill_chunk, settings.kv_unified, kv, ram)
             context = queue.context  # each request's fixed share of the KV memory
             per = " per request (--ctx-size)"
         else:
