@@ -50,9 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_waiting < 1 or args.default_max_tokens < 1:
+    if args.max_waiting < 1 or (args.default_max_tokens is not None and args.default_max_tokens < 1):
         raise ValueError("--max-waiting and --default-max-tokens must be >= 1")
-    if args.parallel < 1 or args.ctx_size < 16 or args.prefill_chunk < 1:
+    if args.parallel < 1 or (args.ctx_size is not None and args.ctx_size < 16) or args.prefill_chunk < 1:
         raise ValueError("--parallel and --prefill-chunk must be >= 1 and --ctx-size >= 16, got "
                          f"{args.parallel}, {args.prefill_chunk} and {args.ctx_size}")
     target = _load(args, args.target, "target")
@@ -62,7 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
                               api_key=args.api_key or os.environ.get("SPECDECODE_API_KEY") or None,
                               max_waiting=args.max_waiting, default_max_tokens=args.default_max_tokens,
                               parallel=args.parallel, ctx_size=args.ctx_size,
-                              prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified)
+                              prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
+                              cors_origins=args.cors_origin)
     run_server(gen, settings, args.host, args.port, quiet=args.quiet)
     return 0
 

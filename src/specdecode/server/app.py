@@ -45,13 +45,14 @@ class ServerSettings:
         default_max_tokens: int | None = None,
         lookup_gamma_max: int = 32,
         parallel: int = 1,
-        ctx_size: int = 4096,
+        ctx_size: int | None = None,
         prefill_chunk: int = 256,
         kv_unified: bool = True,
         cors_origins: list[str] | None = None,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
-        # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
+        # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
+        # context), prompt tokens fed per step
         self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
         self.kv_unified = kv_unified
         self.lookup_gamma_max = lookup_gamma_max
@@ -176,8 +177,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         if why is None:
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
                                    settings.prefill_chunk, settings.kv_unified)
-            context = queue.context  # each request's fixed share of the KV memory
-            per = " per request (--ctx-size)"
+            context = queue.context  # what one request may use of the shared KV memory
+            per = " on this server (--ctx-size)"
         else:
             log.warning("serving one request at a time: %s", why)
     if queue is None:
@@ -337,6 +338,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             prompt_ids = await _prompt_ids(body.prompt_value(), False)
             default = COMPLETIONS_DEFAULT_MAX_TOKENS
         budget = _budget(body, len(prompt_ids), default)
+        job.prompt_tokens = len(prompt_ids)
         prediction = await _prediction_ids(body)
         job.predicted = prediction is not None
         start = _starter(body, prompt_ids, budget, prediction)
