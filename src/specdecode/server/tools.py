@@ -126,7 +126,7 @@ class Llama3Parser(ToolCallParser):
     def held_from(self, text: str) -> int:
         stripped = text.lstrip()
         if not stripped or any(m.startswith(stripped) for m in self.markers):
-            return len(text) - len(stripped)
+            return 0
         return len(text)
 
     def parse(self, text: str) -> tuple[str, list[ParsedCall]] | None:
@@ -223,16 +223,16 @@ class ToolStream:
     def feed(self, piece: str) -> str:
         """The content that can go out now."""
         self.text += piece
-        if not self.in_call:
-            start = self.parser.call_start(self.text[self.sent:])
-            if start is not None:
-                self.in_call = True
-                out, self.sent = self.text[self.sent : self.sent + start], self.sent + start
-                return out
-            hold = self.sent + self.parser.held_from(self.text[self.sent:])
-            out, self.sent = self.text[self.sent : hold], hold
+        if self.in_call:
+            return ""
+        start = self.parser.call_start(self.text)
+        if start is not None:
+            self.in_call = True
+            out, self.sent = self.text[self.sent : start], start
             return out
-        return ""
+        hold = max(self.sent, self.parser.held_from(self.text))
+        out, self.sent = self.text[self.sent : hold], hold
+        return out
 
     def finish(self) -> tuple[str, list[ParsedCall]]:
         """The content not yet sent and the calls (none when the held text did not parse)."""
