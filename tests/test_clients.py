@@ -133,6 +133,20 @@ def test_tool_choice_none_offers_no_tools_and_parses_nothing(client, model):
     assert res.choices[0].finish_reason == "stop" and res.choices[0].message.tool_calls is None
 
 
+def test_a_named_tool_choice_offers_only_that_function(client, model):
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    res = client.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[other, WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, temperature=0)
+    assert '"get_weather"' in model.prompts[-1] and '"get_time"' not in model.prompts[-1]
+    assert [c.function.name for c in res.choices[0].message.tool_calls] == ["get_weather"]
+    bad = httpx.post(f"{client.base_url}chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "tools": [other],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tool_choice"
+
+
 def test_tool_history_is_rendered_through_the_template(client, model):
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},

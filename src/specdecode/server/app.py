@@ -21,9 +21,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from .batching import BatchScheduler, batchable
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
-from .replies import StreamShaper, ToolUse, choice
+from .replies import StreamShaper, choice, tool_use_for
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
-from .tools import forced_call_grammar, tool_parser
 from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
@@ -107,21 +106,6 @@ def _template_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         return (ValueError,)
     return (ValueError, TemplateError)
-
-
-def _tool_use(body: ChatCompletionRequest, tokenizer: Any) -> ToolUse | None:
-    """How the reply's tool calls are read, or None when the request offers no tools (or `none`)."""
-    if body.choice == "none" or not body.tools:
-        return None
-    parser = tool_parser(tokenizer, body.tools)
-    assert parser is not None
-    if body.choice != "auto":
-        # TODO(grammar merge): pass this grammar to the constraint API of server/constraints.py, so that a
-        # `required` or named call is enforced token by token (llguidance); until then such a request is
-        # served like `auto` with only the allowed functions offered, and a reply that is not a call
-        # comes back as text.
-        forced_call_grammar(parser, body.tools, body.choice, body.parallel_tool_calls)
-    return ToolUse(parser, body.tools, body.parallel_tool_calls)
 
 
 def _finish_reason(job: Job) -> str:
@@ -327,10 +311,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         tool_use = None
         if chat:
             assert isinstance(body, ChatCompletionRequest)
-            tool_use = _tool_use(body, gen.tokenizer)
+            tool_use = tool_use_for(body, gen.tokenizer)
             offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
-            if offered and body.choice not in ("auto", "required"):  # a named function: offer only it
-                offered = [t for t in offered if t["function"]["name"] == body.choice]
             prompt_ids = await _prompt_ids(body.chat_messages(), True, offered)
             default = settings.default_max_tokens
         else:
@@ -341,6 +323,10 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         job.prompt_tokens = len(prompt_ids)
         prediction = await _prediction_ids(body)
         job.predicted = prediction is not None
+        # TODO(grammar merge): when tool_use.grammar is set (tool_choice required or a named function),
+        # pass it to the constraint API of server/constraints.py so the call is enforced token by token
+        # (llguidance); until then such a request is served like `auto` with only the allowed functions
+        # offered, and a reply that is not a call comes back as text (finish_reason stop).
         start = _starter(body, prompt_ids, budget, prediction)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}

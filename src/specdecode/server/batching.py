@@ -23,6 +23,7 @@ from typing import Any
 from ..drafters import draft_models, fork_drafter
 from ..gamma import BatchLoad
 from .metrics import Metrics
+from .schemas import APIError
 from .worker import Admission, Job
 
 log = logging.getLogger("specdecode.server")
@@ -322,7 +323,12 @@ class BatchScheduler(Admission):
         while sum(len(ids) for _, ids, _, _ in items) > room:
             planned = [it for it in items if it[3]]
             if not planned:  # prompts only (admission leaves room for them): feed what fits
-                return items[:1] if len(items[0][1]) <= room else []
+                fits = [it for it in items if len(it[1]) <= room][:1]
+                if not fits:  # cannot happen while admission reserves room; never spin on it
+                    entry = items[0][0]
+                    self._fail(entry, APIError(503, "the shared KV memory is full: retry later, or start the "
+                                               "server with a larger --ctx-size", code="server_busy"))
+                return fits
             victim = max(planned, key=lambda it: it[0].slot.length)
             items.remove(victim)
             entry = victim[0]

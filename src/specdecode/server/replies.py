@@ -7,17 +7,34 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .schemas import ChatCompletionRequest
 from .tool_schemas import Tool
-from .tools import ToolCallParser, ToolStream, parse_reply
+from .tools import ToolCallParser, ToolStream, forced_call_grammar, parse_reply, tool_parser
 
 
 @dataclass
 class ToolUse:
-    """A chat request whose reply may hold calls of `tools`, written in `parser`'s syntax."""
+    """A chat request whose reply may hold calls of `tools`, written in `parser`'s syntax. `grammar`: for
+    `tool_choice` required or a named function, the Lark grammar (llguidance) the reply must follow."""
 
     parser: ToolCallParser
     tools: list[Tool]
     parallel: bool = True
+    grammar: str | None = None
+
+
+def tool_use_for(body: ChatCompletionRequest, tokenizer: Any) -> ToolUse | None:
+    """How the reply's tool calls are read, or None when the request offers no tools (or `none`). A named
+    function is the only one offered to the model and accepted from it."""
+    if body.choice == "none" or not body.tools:
+        return None
+    parser = tool_parser(tokenizer, body.tools)
+    assert parser is not None
+    allowed = [t for t in body.tools if body.choice in ("auto", "required") or t.function.name == body.choice]
+    grammar = None
+    if body.choice != "auto":
+        grammar = forced_call_grammar(parser, body.tools, body.choice, body.parallel_tool_calls)
+    return ToolUse(parser, allowed, body.parallel_tool_calls, grammar)
 
 
 def choice(chat: bool, text: str, finish: str, tool_use: ToolUse | None) -> dict[str, Any]:
