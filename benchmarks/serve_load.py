@@ -188,7 +188,7 @@ def main() -> None:
                 port += 1
                 if kind == "ours":
                     server: Any = Ours(parallel, port, args.serve_args.split())
-                    extra: dict[str, Any] = {}
+                    extra: dict[str, Any] = {"cache_prompt": False}  # as llama-server's: no reuse
                 else:
                     server = LlamaServerRunner(binary, gguf, "plain", n_ctx=CTX, parallel=parallel)
                     extra = {"cache_prompt": False}

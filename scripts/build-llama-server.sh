@@ -14,7 +14,8 @@ if [ ! -d "$SRC/llama_cpp_python-$VERSION" ]; then
   tar -xzf "$SRC/llama_cpp_python-$VERSION.tar.gz" -C "$SRC"
 fi
 LLAMA="$SRC/llama_cpp_python-$VERSION/vendor/llama.cpp"
-cmake -S "$LLAMA" -B "$OUT" -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
+source scripts/llama-cpp-flags.sh
+CFLAGS="$LLAMA_EXTRA_FLAGS" CXXFLAGS="$LLAMA_EXTRA_FLAGS" cmake -S "$LLAMA" -B "$OUT" -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$OUT" --target llama-server -j"$(nproc)"
 echo "built $OUT/bin/llama-server"

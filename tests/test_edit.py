@@ -94,3 +94,49 @@ def test_extract_code_and_prediction_shape(tmp_path):
     assert extract_code("Here:\n```python\nx = 1\ny = 2\n```\nDone.") == "x = 1\ny = 2\n"
     assert extract_code("no fences at all") == "no fences at all"
     assert unified_diff(task, "x = 1\n") == ""
+
+
+def test_prompt_cache_on_disk_skips_reading_the_file_again(source, tmp_path, capsys):
+    cache = tmp_path / "pc"
+    args = [str(source), "--json", "--max-new-tokens", "40", "--prompt-cache", str(cache)]
+    _, out, err = _edit(capsys, *args, "-i", "Rename the function sub to subtract.")
+    first = json.loads(out)["stats"]
+    assert first["cached_tokens"] == 0 and len(list(cache.rglob("*.kvc"))) == 1
+    # another instruction on the same file: the file's tokens come from disk
+    _, out, _ = _edit(capsys, *args, "-i", "Add a docstring to add.")
+    second = json.loads(out)
+    assert second["stats"]["cached_tokens"] > 0.8 * second["stats"]["prompt_tokens"] - 20
+    # the same text as without the cache (greedy; SmolLM2 on f32-accumulating kernels: no near-tie here)
+    _, out, _ = _edit(capsys, str(source), "--json", "--max-new-tokens", "40", "-i",
+                      "Add a docstring to add.")
+    uncached = json.loads(out)
+    assert uncached["stats"]["cached_tokens"] == 0 and uncached["reply"] == second["reply"]
+    # a corrupt file and a foreign file are skipped with a warning, never trusted
+    for f in cache.rglob("*.kvc"):
+        f.write_bytes(f.read_bytes()[:200])
+    (next(cache.rglob("*.kvc")).parent / "foreign.kvc").write_bytes(b"hello")
+    code, out, err = _edit(capsys, *args, "-i", "Add a docstring to add.")
+    assert code in (0, 1) and json.loads(out)["stats"]["cached_tokens"] == 0
+
+
+def test_disk_prompt_cache_round_trip(tmp_path):
+    pytest.importorskip("llama_cpp")
+    import torch
+
+    from specdecode.backends.llamacpp import LlamaCppModel
+    from specdecode.prompt_cache import DiskPromptCache
+
+    model = LlamaCppModel(smollm2_path())
+    prompt = model.tokenizer.encode(SOURCE * 3)
+    model.forward(torch.tensor([prompt]), logits_to_keep=1)
+    disk = DiskPromptCache(tmp_path, model)
+    assert disk.save(prompt) is not None
+    fresh = LlamaCppModel(smollm2_path())
+    disk2 = DiskPromptCache(tmp_path, fresh)
+    longer = prompt + model.tokenizer.encode(" # more", add_special_tokens=False)
+    assert disk2.load(longer) == len(prompt) and fresh.length == len(prompt)
+    got = fresh.forward(torch.tensor([longer[len(prompt):]]), logits_to_keep=1)[0, -1].clone()
+    model.reset()
+    want = model.forward(torch.tensor([longer]), logits_to_keep=1)[0, -1]
+    assert torch.allclose(got, want, atol=1e-2, rtol=0)
+    assert disk2.load(model.tokenizer.encode("unrelated text")) == 0

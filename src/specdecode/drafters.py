@@ -33,6 +33,7 @@ class DraftContext:
     vocab: int  # the target's logit width: q must have this many columns
     device: torch.device
     stats: Any  # GenerationStats: drafters add their calls and processed tokens
+    reuse: bool = False  # a draft model may keep the prefix of the prompt its cache already holds
 
 
 @runtime_checkable
@@ -72,7 +73,7 @@ class ModelDrafter:
 
     def begin(self, sequence: list[int], ctx: DraftContext) -> None:
         self.ctx = ctx
-        if start_sequence(self.model, list(ctx.prompt_ids)) != list(sequence):
+        if start_sequence(self.model, list(ctx.prompt_ids), reuse=ctx.reuse) != list(sequence):
             raise ValueError(
                 "target and draft start the sequence differently (e.g. an encoder-decoder target with a "
                 "decoder-only draft, or different decoder start tokens): use a draft of the same kind"

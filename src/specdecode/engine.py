@@ -46,6 +46,7 @@ class DecodeLoop:
         eos_token_ids: set[int],
         prompt_ids: list[int] | None = None,
         policy: AutoGamma | None = None,
+        reuse: bool = False,
     ) -> None:
         self.target, self.drafter, self.params = target, drafter, params
         self.gamma = gamma if drafter is not None else 0
@@ -55,6 +56,7 @@ class DecodeLoop:
         self.vocab = int(target.vocab_size)
         self.prompt_ids = prompt_ids
         self.policy = policy if drafter is not None else None
+        self.reuse = reuse  # drafters may keep what their caches share with the prompt
         self._trim_target = accepts_logits_to_keep(target)
         self.stats = GenerationStats(
             accepted_per_position=[0] * self.gamma, drafted_per_position=[0] * self.gamma
@@ -104,7 +106,7 @@ class DecodeLoop:
         """Start the drafter on the sequence (its model, if any, is fed lazily by its first proposal)."""
         if self.drafter is not None and self.gamma > 0:
             ctx = DraftContext(self.params, list(self.prompt_ids or self.seq), self.generator, self.vocab,
-                               self.device, self.stats)
+                               self.device, self.stats, self.reuse)
             self.drafter.begin(list(self.seq), ctx)
 
     def prefill(self) -> None:

@@ -156,6 +156,7 @@ class SpeculativeGenerator:
         prediction: str | Sequence[int] | None = None,
         target: Any = None,
         drafter: Any = None,
+        cache_prompt: bool = True,
     ) -> Generation:
         """A generation to advance step by step (what `stream` runs; a batching server drives several).
 
@@ -174,6 +175,10 @@ class SpeculativeGenerator:
         being edited). It drafts wherever the output follows it, the generator's own drafter elsewhere;
         the output is exactly what the same call without it gives. `stats.accepted_prediction_tokens`
         and `rejected_prediction_tokens` count its proposals.
+        cache_prompt: start from the longest prefix of the prompt that the models' KV caches already hold
+        (the previous generation's prompt and output, or any sequence a server's prefix cache holds), so
+        a growing chat reads only its new tokens; `stats.cached_tokens` says how many were reused. The
+        output is what a fresh read gives, up to floating-point noise; False reads the whole prompt.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         target = self.target if target is None else target
@@ -207,7 +212,7 @@ class SpeculativeGenerator:
         if auto and drafter is not None:  # measures costs the first time: before the caches start
             policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
-        sequence = start_sequence(target, prompt_ids)
+        sequence = start_sequence(target, prompt_ids, reuse=cache_prompt)
         # the draft reads the same sequence as the target: the smaller context window rules
         windows = {"target": getattr(target, "max_length", None)}
         draft_windows = [w for w in (getattr(m, "max_length", None) for m in draft_models(drafter)) if w]
@@ -229,8 +234,9 @@ class SpeculativeGenerator:
                 model_limit = getattr(model, "max_length", None)
                 model.reserve(min(room, model_limit) if model_limit else room)
         eos = set(getattr(target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy)
+        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy, cache_prompt)
         loop.stats.prompt_tokens = len(prompt_ids)
+        loop.stats.cached_tokens = int(target.length)
         return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
 
     def _pieces(
@@ -268,7 +274,7 @@ class SpeculativeGenerator:
         """Stream a completion as text pieces (`tokens=True`: lists of token ids).
 
         Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
-        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction)."""
+        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, cache_prompt)."""
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats

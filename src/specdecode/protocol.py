@@ -21,6 +21,9 @@ class CausalLM(Protocol):
     - `begin(prompt_ids) -> list[int]`: start a new sequence from a prompt and return the tokens the
       cache must be fed (encoder-decoder models encode the prompt and return the decoder start).
     - `forward(input_ids, logits_to_keep=k)`: return only the last k positions' logits.
+    - `prefix(prompt_ids) -> int | None`: start a sequence keeping the longest prefix of `prompt_ids`
+      the cache already holds (at most all but the last token) and return its length; None when the
+      model cannot reuse its cache (the prefix cache, `specdecode.cache`).
     """
 
     vocab_size: int
@@ -54,9 +57,13 @@ def last_logits(model: Any, ids: torch.Tensor, keep: int, trim: bool) -> torch.T
     return out[0, -keep:]
 
 
-def start_sequence(model: Any, prompt_ids: list[int]) -> list[int]:
-    """Reset `model` for a new sequence and return the tokens its cache must be fed (the prompt, or for an
-    encoder-decoder model, which encodes the prompt in `begin`, the decoder's start token)."""
+def start_sequence(model: Any, prompt_ids: list[int], reuse: bool = False) -> list[int]:
+    """Start `model` on a new sequence and return the tokens its cache must hold (the prompt, or for an
+    encoder-decoder model, which encodes the prompt in `begin`, the decoder's start token). `reuse`:
+    keep the longest prefix of the prompt the cache already holds, where the model can (`model.length`
+    then says how many positions are kept); otherwise the cache is emptied."""
+    if reuse and hasattr(model, "prefix") and model.prefix(list(prompt_ids)) is not None:
+        return list(prompt_ids)
     if hasattr(model, "begin"):
         return list(model.begin(prompt_ids))
     model.reset()

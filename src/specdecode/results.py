@@ -20,6 +20,7 @@ class GenerationStats:
     """
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier sequence (not read)
     new_tokens: int = 0
     target_calls: int = 0
     draft_calls: int = 0

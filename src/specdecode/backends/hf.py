@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
+
+from ..cache import common_prefix
+
+log = logging.getLogger("specdecode.cache")
 
 
 class HFModel:
@@ -33,7 +38,34 @@ class HFModel:
         self._cache: Any = None
         self._encoder_out: Any = None
         self._encoder_mask: torch.Tensor | None = None
-        self.length = 0
+        self._tokens: list[int] = []
+        self._said_no_reuse = False
+
+    @property
+    def length(self) -> int:
+        """Positions in the KV cache."""
+        return len(self._tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids whose KV the cache holds (decoder tokens for an encoder-decoder model)."""
+        return list(self._tokens)
+
+    def prefix(self, prompt_ids: list[int]) -> int | None:
+        """Start a sequence keeping the longest common prefix of the cache and `prompt_ids` (at most all
+        but its last token); how many positions were kept, or None for an encoder-decoder model (its
+        decoder cache depends on the whole prompt: the caller starts afresh)."""
+        if self.is_encoder_decoder:
+            if not self._said_no_reuse:
+                log.info("%s: no prefix reuse: an encoder-decoder model reads the whole prompt", self.name)
+                self._said_no_reuse = True
+            return None
+        keep = min(common_prefix(self._tokens, prompt_ids), len(prompt_ids) - 1)
+        if keep <= 0:
+            self.reset()
+            return 0
+        self.truncate(keep)
+        return keep
 
     @property
     def name(self) -> str:
@@ -56,7 +88,7 @@ class HFModel:
         self._cache = None
         self._encoder_out = None
         self._encoder_mask = None
-        self.length = 0
+        self._tokens = []
 
     @torch.inference_mode()
     def begin(self, prompt_ids: list[int]) -> list[int]:
@@ -111,7 +143,7 @@ class HFModel:
         else:
             positions = torch.arange(self.length, self.length + steps, device=self.device)
             out = self.model(input_ids=input_ids, position_ids=positions.unsqueeze(0), **kwargs)
-        self.length += steps
+        self._tokens.extend(int(t) for t in input_ids[0].tolist())
         logits = out.logits
         if logits_to_keep and logits.shape[1] > logits_to_keep:
             logits = logits[:, -logits_to_keep:]
@@ -127,7 +159,7 @@ class HFModel:
             self._cache = None
         else:
             _crop(self._cache, length, self.length)
-        self.length = length
+        del self._tokens[length:]
 
 
 def _crop(cache: Any, length: int, current: int) -> None:

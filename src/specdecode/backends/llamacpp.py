@@ -5,6 +5,7 @@ llama.cpp's sequence-remove call, and logits handed over as a view of llama.cpp'
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections import deque
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cache import common_prefix
 from ..machine import available_cores
 from .gguf_tokenizer import GGUFTokenizer
+from .llamacpp_cache import restore_sequence, reuse_refusal, save_sequence
 
 INSTALL_HINT = (
     "pip install 'specdecode[llamacpp]' (compiles llama.cpp from source, a few minutes), "
@@ -26,6 +29,7 @@ CONTEXT_STEP = 512  # contexts grow in steps of this many positions
 _state: dict[str, Any] = {}
 _init_lock = threading.Lock()
 _log: deque[str] = deque(maxlen=64)  # llama.cpp's recent log lines, quoted in errors
+log = logging.getLogger("specdecode.cache")
 
 
 def llama_cpp() -> Any:
@@ -91,6 +95,15 @@ def check_token_ids(ids: np.ndarray, vocab: int, path: str) -> None:
     if low < 0 or high >= vocab:
         bad = low if low < 0 else high
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab}) of {path}")
+
+
+_said: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
 
 
 class TokenBatch:
@@ -193,6 +206,7 @@ class LlamaCppModel:
         self._n_ctx = 0
         self._tokens: list[int] = []
         self._batch: TokenBatch | None = TokenBatch(lib, self.n_batch, self.vocab_size)
+        self.no_reuse = reuse_refusal(lib, self._model)  # why cached prefixes cannot be reused, if so
         self._new_context(n_ctx or 4096)
 
     # -- the CausalLM protocol -------------------------------------------------------------------------
@@ -263,6 +277,50 @@ class LlamaCppModel:
         self._lib.llama_memory_clear(self._mem, True)
         self._tokens.clear()
 
+    # -- prefix reuse -----------------------------------------------------------------------------------
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids whose KV the cache holds, in order."""
+        return list(self._tokens)
+
+    def prefix(self, prompt_ids: list[int]) -> int | None:
+        """Start a sequence over `prompt_ids` keeping the longest common prefix of what the cache holds
+        (at most all but the last prompt token); returns how many positions were kept, or None when this
+        model cannot reuse its cache (the caller starts afresh)."""
+        if self.no_reuse:
+            _log_once(f"{self.path}: no prefix reuse: {self.no_reuse}")
+            return None
+        keep = min(common_prefix(self._tokens, prompt_ids), len(prompt_ids) - 1)
+        if keep <= 0:
+            self.reset()
+            return 0
+        lib = self._lib
+        # positions a sliding-window cache dropped cannot be attended to again: start afresh then
+        if int(lib.llama_memory_seq_pos_min(self._mem, 0)) > 0 or not lib.llama_memory_seq_rm(
+                self._mem, 0, keep, -1):
+            _log_once(f"{self.path}: no prefix reuse: llama.cpp cannot remove part of a sequence here")
+            self.reset()
+            return 0
+        del self._tokens[keep:]
+        return keep
+
+    def save_state(self) -> bytes:
+        """The KV state of what the cache holds (`tokens`), for `load_state`."""
+        return save_sequence(self._lib, self._ctx, 0)
+
+    def load_state(self, data: bytes, tokens: list[int]) -> bool:
+        """Replace the cache by a state saved with `save_state` over `tokens`; False (and an empty cache)
+        when llama.cpp refuses it."""
+        self.reset()
+        if len(tokens) > self._n_ctx:
+            self.reserve(len(tokens))
+        if restore_sequence(self._lib, self._ctx, data, 0) and int(
+                self._lib.llama_memory_seq_pos_max(self._mem, 0)) == len(tokens) - 1:
+            self._tokens = list(tokens)
+            return True
+        self.reset()
+        return False
+
     # -- extras ---------------------------------------------------------------------------------------
     def reserve(self, positions: int) -> None:
         """Make room for `positions` cached tokens (grows the context, re-feeding what is cached)."""
@@ -274,9 +332,14 @@ class LlamaCppModel:
                 f"({self.max_length} tokens): shorten the prompt or max_new_tokens"
             )
         cached = list(self._tokens)
+        state = self.save_state() if cached else b""  # moved, not read again
         self._new_context(positions)
-        if cached:
+        if cached and not (restore_sequence(self._lib, self._ctx, state, 0) and int(
+                self._lib.llama_memory_seq_pos_max(self._mem, 0)) == len(cached) - 1):
+            self.reset()
             self.forward(torch.tensor([cached]), logits_to_keep=1)
+        else:
+            self._tokens = cached
 
     def _new_context(self, positions: int) -> None:
         lib = self._lib

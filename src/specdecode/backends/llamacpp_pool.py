@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .llamacpp import LlamaCppModel, TokenBatch, _recent_log, check_token_ids
+from ..cache import PrefixCache
+from .llamacpp import LlamaCppModel, TokenBatch, _log_once, _recent_log, check_token_ids
+from .llamacpp_cache import LlamaKVStore
 
 SEQ_CTX_STEP = 256  # llama.cpp pads a sequence's context to a multiple of this
+PARKED_SEQUENCES = 32  # sequence ids kept for parked prefixes (beyond one per slot)
 
 
 class SequencePool:
@@ -26,10 +29,16 @@ class SequencePool:
     sequence, llama.cpp splits a batch whose sequences bring different numbers of rows (a draft block
     here, a plain step there) into several passes: measured on 2 cores, 11 plain rows and one 5-token
     block took 360 ms that way against 265 ms unified (16 plain rows: 255 against 267 ms).
+
+    cache_tokens: KV positions kept, beyond the `n_ctx` of the live sequences, for the prefixes of
+    finished requests (the prefix cache; 0 turns it off). A new request copies the longest prefix of its
+    prompt that any running or parked sequence holds (shared cells, nothing recomputed) and reads only
+    the rest. `room` counts a shared cell once per sequence holding it (a bound that errs safe).
+    cache_ram: bytes of host memory for parked prefixes evicted from KV memory (0: dropped).
     """
 
     def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx: int = 16384, n_batch: int = 512,
-                 kv_unified: bool = True) -> None:
+                 kv_unified: bool = True, cache_tokens: int = 0, cache_ram: int = 0) -> None:
         if n_seq < 1:
             raise ValueError(f"the number of parallel sequences must be >= 1, got {n_seq}")
         per_seq = n_ctx if kv_unified else n_ctx // n_seq
@@ -45,10 +54,16 @@ class SequencePool:
         self.n_seq, self.n_ctx_seq, self.n_batch, self.kv_unified = n_seq, n_ctx_seq, n_batch, kv_unified
         self.n_ctx = n_ctx  # KV positions in all
         self.vocab_size = model.vocab_size
+        why = ("the KV memory is not unified (--no-kv-unified): sequences cannot share cells"
+               if not kv_unified else model.no_reuse)
+        if cache_tokens > 0 and why:
+            _log_once(f"{model.path}: prefix cache off: {why}")
+        cache_tokens = max(0, int(cache_tokens)) if not why else 0
+        n_park = PARKED_SEQUENCES if cache_tokens else 0
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx + cache_tokens
         params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = n_seq
+        params.n_seq_max = n_seq + n_park
         params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = model.n_threads
         params.no_perf = True
@@ -63,6 +78,10 @@ class SequencePool:
         self.slots = [SequenceSlot(self, i) for i in range(n_seq)]
         self._free = list(range(n_seq))
         self._lock = threading.Lock()
+        self.cache: PrefixCache | None = None
+        if cache_tokens:
+            self.cache = PrefixCache(LlamaKVStore(lib, self._ctx, self._mem), range(n_seq, n_seq + n_park),
+                                     cache_tokens, cache_ram, name=model.path)
 
     # -- slots ----------------------------------------------------------------------------------------
     @property
@@ -85,13 +104,32 @@ class SequencePool:
         slot.reset()
         return slot
 
-    def release(self, slot: SequenceSlot) -> None:
-        """Give a slot back (its cache is emptied)."""
+    def retire(self, slot: SequenceSlot) -> None:
+        """Empty a slot whose request ended, parking what it holds in the prefix cache (when on)."""
+        if self.cache is not None and slot._tokens:
+            self.cache.park(slot.seq_id, slot._tokens)
         slot.reset()
+
+    def release(self, slot: SequenceSlot) -> None:
+        """Give a slot back (what it holds is parked in the prefix cache, when on, and the slot emptied)."""
+        self.retire(slot)
         with self._lock:
             if slot.seq_id not in self._free:
                 self._free.append(slot.seq_id)
                 self._free.sort()
+
+    def share(self, src: SequenceSlot, dst: SequenceSlot, end: int) -> None:
+        """Extend `dst` to `end` positions with `src`'s cells (the same tokens there: the caller checks)."""
+        start = dst.length
+        if end <= start:
+            return
+        if end > src.length:
+            raise ValueError(f"sequence {src.seq_id} holds {src.length} positions, not {end}")
+        self._lib.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, start, end)
+        dst._tokens.extend(src._tokens[start:end])
+        if self.cache is not None:
+            self.cache.stats.tokens_served += end - start
+            self.cache.stats.by_source["live"] = self.cache.stats.by_source.get("live", 0) + end - start
 
     # -- batched decode -------------------------------------------------------------------------------
     def decode(self, items: Sequence[tuple[SequenceSlot, Sequence[int], int]],
@@ -117,7 +155,13 @@ class SequencePool:
         if calls is None or sum(calls) != len(rows) or max(calls) > self.n_batch:
             calls = [min(self.n_batch, len(rows) - at) for at in range(0, len(rows), self.n_batch)]
         with self._lock:
-            outputs = self._run(rows, items, calls)
+            try:
+                outputs = self._run(rows, items, calls)
+            except _NoRoom:
+                if self.cache is None or not self.cache.evict_all():
+                    raise RuntimeError(f"llama_decode found no room in the KV memory for {len(rows)} rows; "
+                                       f"llama.cpp says: {_recent_log() or 'nothing'}") from None
+                outputs = self._run(rows, items, calls)  # parked prefixes made room
         for slot, ids, _ in items:
             slot._tokens.extend(int(t) for t in ids)
         out = torch.cat(outputs) if len(outputs) > 1 else (outputs[0] if outputs else None)
@@ -141,6 +185,8 @@ class SequencePool:
             if rc != 0:
                 for slot, _, _ in items:  # undo whatever part of this call reached the cache
                     lib.llama_memory_seq_rm(self._mem, slot.seq_id, slot.length, -1)
+                if rc == 1:  # no KV slot for the batch
+                    raise _NoRoom()
                 said = _recent_log() or "nothing"
                 raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {len(rows)} rows "
                                    f"over {len(items)} sequences; llama.cpp says: {said}")
@@ -170,6 +216,10 @@ class SequencePool:
             self.close()
         except Exception:  # interpreter shutdown: llama.cpp may already be gone
             pass
+
+
+class _NoRoom(Exception):
+    """llama_decode found no free KV cells for a batch."""
 
 
 class SequenceSlot:
@@ -211,6 +261,26 @@ class SequenceSlot:
     def reset(self) -> None:
         self.pool._lib.llama_memory_seq_rm(self.pool._mem, self.seq_id, -1, -1)
         self._tokens.clear()
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids whose KV this sequence holds, in order."""
+        return list(self._tokens)
+
+    def prefix(self, prompt_ids: list[int]) -> int | None:
+        """Start a sequence over `prompt_ids` from the longest prefix of it that this or any other
+        sequence of the pool holds (running or parked); returns how many positions it starts with, or
+        None when the pool cannot reuse prefixes."""
+        pool = self.pool
+        if pool.cache is None:
+            return None
+        self.reset()
+        live = [(s.seq_id, s._tokens) for s in pool.slots if s is not self and s._tokens]
+        kept, held = pool.cache.attach(self.seq_id, prompt_ids, live)
+        self._tokens = held
+        if len(held) > kept:  # restored from host memory: more than the prompt shares
+            self.truncate(kept)
+        return kept
 
     def reserve(self, positions: int) -> None:
         """Check that `positions` fit this sequence's fixed context (a ValueError when not)."""

@@ -80,7 +80,8 @@ class OursRunner:
         stream = self.gen.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                                  top_p=sampling.top_p, gamma=self.gamma, seed=seed, tokens=True,
                                  lookup_gamma_max=self.lookup_gamma_max,
-                                 prediction=prediction if self.uses_prediction else None)
+                                 prediction=prediction if self.uses_prediction else None,
+                                 cache_prompt=False)  # every configuration reads the prompt whole
         start = time.perf_counter()
         first_s, first_n = 0.0, 0
         for chunk in stream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from ..prompt_cache import default_directory as default_prompt_cache
 from ..registry import BUILTINS
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--compare", action="store_true",
                     help="also generate without the prediction (plain decoding) and report both speeds and "
                     "whether the outputs are identical")
+    ed.add_argument("--prompt-cache", nargs="?", const=str(default_prompt_cache()), default=None,
+                    metavar="DIR", help="keep the prompt's KV state on disk (llama.cpp backend), keyed by "
+                    "the model file's hash and the prompt's tokens: a later edit of the same file skips "
+                    f"reading it (default off; without DIR: {default_prompt_cache()})")
     ed.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
     bench = sub.add_parser(
@@ -141,6 +146,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="one KV buffer shared by all parallel requests, as llama.cpp's --kv-unified "
                      "(default; a buffer per request makes llama.cpp split any step where requests bring "
                      "different numbers of tokens, i.e. every step with a draft block)")
+    srv.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
+                     help="reuse the KV of any prompt prefix an earlier or running request already read, so "
+                     "a chat or an agent loop reads only its new tokens (default; --no-prefix-cache reads "
+                     "every prompt whole, for measurement)")
+    srv.add_argument("--cache-tokens", type=int, default=8192,
+                     help="KV positions kept for the prompts and answers of finished requests, beyond the "
+                     "slots' own; least recently used ones are evicted first (default 8192)")
+    srv.add_argument("--cache-ram", type=int, default=0, metavar="MiB",
+                     help="host memory (MiB) for cached prefixes evicted from KV memory, restored when a "
+                     "prompt needs them again, as llama-server's --cache-ram (default 0: dropped)")
     srv.add_argument("--default-max-tokens", type=int, default=None,
                      help="chat completion length when the request gives no max_tokens (default: until end "
                      "of sequence or a full context, as OpenAI and llama-server)")

@@ -27,6 +27,8 @@ from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
 DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+DEFAULT_CACHE_TOKENS = 8192  # KV positions parked for later requests (see BENCHMARKS.md, prefix cache)
 
 log = logging.getLogger("specdecode.server")
 
@@ -48,12 +50,17 @@ class ServerSettings:
         prefill_chunk: int = 256,
         kv_unified: bool = True,
         cors_origins: list[str] | None = None,
+        prefix_cache: bool = True,
+        cache_tokens: int = DEFAULT_CACHE_TOKENS,
+        cache_ram_mib: int = 0,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
         # context), prompt tokens fed per step
         self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
         self.kv_unified = kv_unified
+        # the prefix cache: on or off, KV positions kept for finished requests, host RAM for evicted ones
+        self.prefix_cache, self.cache_tokens, self.cache_ram_mib = prefix_cache, cache_tokens, cache_ram_mib
         self.lookup_gamma_max = lookup_gamma_max
         # default_max_tokens: a chat completion's limit when the request sets none (None: the context's end)
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
@@ -67,6 +74,7 @@ def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens if stats else 0},
     }
     if stats is not None:
         usage.update(
@@ -159,14 +167,16 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     if settings.parallel > 1:
         why = batchable(gen)
         if why is None:
+            cache = settings.cache_tokens if settings.prefix_cache else 0
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
-                                   settings.prefill_chunk, settings.kv_unified)
+                                   settings.prefill_chunk, settings.kv_unified, cache,
+                                   settings.cache_ram_mib << 20)
             context = queue.context  # what one request may use of the shared KV memory
             per = " on this server (--ctx-size)"
         else:
             log.warning("serving one request at a time: %s", why)
     if queue is None:
-        queue = GenerationQueue(metrics, settings.max_waiting)
+        queue = GenerationQueue(metrics, settings.max_waiting, held=lambda: int(gen.target.length))
         per = ""
 
     @asynccontextmanager
@@ -291,6 +301,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             gamma_max=gamma_max,
             lookup_gamma_max=lookup_gamma_max,
             prediction=prediction,
+            cache_prompt=settings.prefix_cache and body.cache_prompt is not False,
         )
 
         def start(bind: Any = None) -> Any:

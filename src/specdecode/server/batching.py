@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import common_prefix
 from ..drafters import draft_models, fork_drafter
 from ..gamma import BatchLoad
 from .metrics import Metrics
@@ -29,6 +30,7 @@ from .worker import Admission, Job
 log = logging.getLogger("specdecode.server")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
 DEFAULT_KV_POSITIONS = 32768  # shared KV memory when --ctx-size is not given (~0.9 GB for the 1.5B target)
+FOLLOW_MIN = 32  # a shared prompt prefix shorter than this is read again rather than waited for
 
 
 @dataclass
@@ -73,7 +75,8 @@ class BatchScheduler(Admission):
     """Runs up to `parallel` generations at once, sharing target calls; `max_waiting` bounds the queue."""
 
     def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int | None = None,
-                 max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True) -> None:
+                 max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True,
+                 cache_tokens: int = 0, cache_ram: int = 0) -> None:
         from ..backends.llamacpp_pool import SequencePool
 
         why = batchable(gen)
@@ -85,10 +88,12 @@ class BatchScheduler(Admission):
         n_batch = max(512, prefill_chunk)
         if ctx_size is None:  # the model's trained context, shared by all requests
             ctx_size = min(gen.target.max_length or DEFAULT_KV_POSITIONS, DEFAULT_KV_POSITIONS)
-        self.pool = SequencePool(gen.target, parallel, ctx_size, n_batch=n_batch, kv_unified=kv_unified)
+        self.pool = SequencePool(gen.target, parallel, ctx_size, n_batch=n_batch, kv_unified=kv_unified,
+                                 cache_tokens=cache_tokens, cache_ram=cache_ram)
         drafts = draft_models(gen.drafter)
         self.draft_pool = (SequencePool(drafts[0], parallel, self.pool.n_ctx, n_batch=n_batch,
-                                        kv_unified=kv_unified) if drafts else None)
+                                        kv_unified=kv_unified, cache_tokens=cache_tokens, cache_ram=cache_ram)
+                           if drafts else None)
         self.context = self.pool.n_ctx_seq
         # the target's measured cost curve (calibrated at warm-up), to split a step into its cheapest calls
         self.costs = max(gen._cost_models.items(), default=(0, None))[1]
@@ -220,8 +225,9 @@ class BatchScheduler(Admission):
             self._active.remove(entry)
         if entry.slot is not None:
             if self.draft_pool is not None:
-                self.draft_pool.slots[entry.slot.seq_id].reset()
+                self.draft_pool.retire(self.draft_pool.slots[entry.slot.seq_id])
             self.pool.release(entry.slot)
+            self.metrics.record_cache(self.pool.cache)
             entry.slot = None
         self.metrics.slots_in_use.set(self.pool.n_seq - self.pool.free)
         entry.job.finished = time.perf_counter()
@@ -262,6 +268,8 @@ class BatchScheduler(Admission):
         load = BatchLoad()
         for entry in self._active:
             loop = entry.generation.loop
+            if loop.unfed() > 1 and self._follow(entry):
+                continue  # an earlier request is reading the prompt prefix they share: wait for it
             unfed = loop.unfed()
             if unfed - 1 > budget:  # the rest of its prompt does not fit this step: a chunk of it
                 if budget > 0:
@@ -338,6 +346,29 @@ class BatchScheduler(Admission):
                         self.pool.n_ctx, entry.slot.length)
             self._finish(entry)
         return items
+    def _follow(self, entry: _Entry) -> bool:
+        """Give a request still reading its prompt what an earlier running request has read of the prefix
+        they share (shared KV cells, prefix cache on); True when that request has more of it to read, so
+        this one waits instead of reading the same tokens at the same time."""
+        if self.pool.cache is None:
+            return False
+        loop = entry.generation.loop
+        seq, have = loop.seq, loop.target.length
+        best, lead = 0, None
+        for other in self._active:
+            if other is entry:
+                break  # only requests admitted earlier lead
+            n = common_prefix(other.generation.loop.seq, seq)
+            if n > best:
+                best, lead = n, other
+        limit = min(best, len(seq) - 1)
+        if lead is None or limit - have < FOLLOW_MIN:
+            return False
+        upto = min(limit, lead.slot.length)
+        if upto > have:
+            self.pool.share(lead.slot, entry.slot, upto)
+            entry.generation.stats.cached_tokens += upto - have
+        return upto < limit
 
     def _decode(self, items: list[tuple[_Entry, list[int], int, bool]], calls: list[int] | None
                 ) -> list[Any]:

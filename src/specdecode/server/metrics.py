@@ -26,7 +26,22 @@ class Metrics:
             registry=r,
         )
         self._totals: dict[str, int] = {}  # running sums behind the two ratio gauges
-        self.prompt_tokens = Counter("specdecode_prompt_tokens", "prompt tokens processed", registry=r)
+        self.prompt_tokens = Counter("specdecode_prompt_tokens", "prompt tokens of finished requests",
+                                     registry=r)
+        self.prompt_read = Counter("specdecode_prompt_tokens_read", "prompt tokens read by the target",
+                                   registry=r)
+        self.prompt_cached = Counter("specdecode_prompt_tokens_cached",
+                                     "prompt tokens served from the prefix cache instead of being read",
+                                     registry=r)
+        self.cache_tokens = Gauge("specdecode_prefix_cache_tokens",
+                                  "KV positions the prefix cache holds for later requests (target model)",
+                                  registry=r)
+        self.cache_host_bytes = Gauge("specdecode_prefix_cache_host_bytes",
+                                      "bytes of host memory holding evicted prefixes (--cache-ram)",
+                                      registry=r)
+        self.cache_evictions = Counter("specdecode_prefix_cache_evictions",
+                                       "cached prefixes evicted from KV memory (target model)", registry=r)
+        self._evicted = 0
         self.generated = Counter("specdecode_generated_tokens", "tokens generated", registry=r)
         self.target_calls = Counter(
             "specdecode_target_calls", "target model calls while decoding", registry=r
@@ -76,6 +91,8 @@ class Metrics:
     def record_generation(self, stats: Any) -> None:
         """Add one finished (or cancelled) generation's stats."""
         self.prompt_tokens.inc(stats.prompt_tokens)
+        self.prompt_cached.inc(stats.cached_tokens)
+        self.prompt_read.inc(max(stats.prompt_tokens - stats.cached_tokens, 0))
         self.generated.inc(stats.new_tokens)
         self.target_calls.inc(stats.target_calls)
         self.drafted.inc(stats.drafted)
@@ -90,6 +107,17 @@ class Metrics:
         drafted, calls = totals["drafted"], totals["calls"]
         self.acceptance.set(totals["accepted"] / drafted if drafted else 0.0)
         self.tokens_per_call.set(totals["generated"] / calls if calls else 0.0)
+
+    def record_cache(self, cache: Any = None, held: int | None = None) -> None:
+        """The prefix cache's state: a `PrefixCache` (batching), or `held`, the positions the single
+        sequence of a one-at-a-time server keeps for the next request."""
+        if cache is not None:
+            self.cache_tokens.set(cache.parked_tokens)
+            self.cache_host_bytes.set(cache.host_used)
+            self.cache_evictions.inc(cache.stats.evictions - self._evicted)
+            self._evicted = cache.stats.evictions
+        elif held is not None:
+            self.cache_tokens.set(held)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -114,6 +114,7 @@ class _Common(BaseModel):
     speculative: SpeculativeOptions | None = None
     prediction: Prediction | None = None
     user: str | None = None
+    cache_prompt: bool | None = None  # llama-server's: false reads the whole prompt (no prefix reuse)
     # defined by OpenAI, not supported yet: refused unless left at their neutral values
     logprobs: bool | int | None = None
     top_logprobs: int | None = None

@@ -65,8 +65,10 @@ class Admission:
 class GenerationQueue(Admission):
     """Serialises generations; `max_waiting` bounds how many requests may wait (503 beyond)."""
 
-    def __init__(self, metrics: Metrics, max_waiting: int = 64) -> None:
+    def __init__(self, metrics: Metrics, max_waiting: int = 64, held: Callable[[], int] | None = None
+                 ) -> None:
         self.metrics, self.max_waiting = metrics, max_waiting
+        self.held = held  # positions the model keeps for the next request (the prefix cache gauge)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdecode-model")
         self._lock: asyncio.Lock | None = None
         self.waiting = 0
@@ -122,6 +124,8 @@ class GenerationQueue(Admission):
                         job.result = stream.result
                         if job.result is not None:
                             self.metrics.record_generation(job.result.stats)
+                    if self.held is not None:
+                        self.metrics.record_cache(held=self.held())
                     if job.cancelled:
                         self.metrics.cancelled.inc()
                 finally:
