@@ -45,6 +45,8 @@ def test_the_family_is_chosen_from_the_template():
     (HermesParser(), 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
                      '</tool_call>', "Let me look."),
     (HermesParser(), '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}', None),  # EOS
+    (HermesParser(), '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris"}\n}\n```', None),
+    (HermesParser(), '{"name": "get_weather", "arguments": {"city": "Paris"}}', None),  # bare
     (Llama3Parser(), '{"name": "get_weather", "parameters": {"city": "Paris"}}', None),
     (Llama3Parser(), '<|python_tag|>{"name": "get_weather", "parameters": "{\\"city\\": \\"Paris\\"}"}',
      None),
@@ -77,6 +79,8 @@ def test_parallel_calls_and_parallel_tool_calls_false():
     (HermesParser(), "<tool_call>\n{not json}\n</tool_call>"),
     (HermesParser(), '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>'),  # not offered
     (HermesParser(), "No tools needed: the answer is 4."),
+    (HermesParser(), '```json\n{"city": "Paris", "temp_c": 22}\n```'),  # JSON, but not a call
+    (HermesParser(), '```python\nprint({"name": "get_weather", "arguments": {}})\n```'),
     (Llama3Parser(), "Use {braces} in prose: not a call."),
     (Llama3Parser(), '{"name": "get_weather", "parameters": {"city": "Paris"}'),  # cut short
     (MistralParser(), "[TOOL_CALLS][{broken"),
@@ -96,6 +100,8 @@ def test_the_stream_sends_prose_at_once_holds_calls_and_releases_what_does_not_p
     stream = ToolStream(HermesParser(), TOOLS, True)
     sent = [stream.feed(ch) for ch in "a <tool_cal"]
     assert "".join(sent) == "a " and stream.finish() == ("<tool_cal", [])
+    stream = ToolStream(HermesParser(), TOOLS, True)  # a code block that is not a call streams
+    assert stream.feed("``") == "" and stream.feed("`py") == "```py" and stream.feed("thon\n") == "thon\n"
     stream = ToolStream(Llama3Parser(), TOOLS, True)
     assert stream.feed("  ") == "" and stream.feed("Hello {x}") == "  Hello {x}"  # prose, not a call
 

@@ -86,14 +86,38 @@ class ToolCallParser:
 
 
 class HermesParser(ToolCallParser):
-    """Qwen2.5, Hermes, and others: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`."""
+    """Qwen2.5, Hermes, and others: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`. A reply
+    that is only such objects, bare or in a ```json fence, counts too (Qwen2.5-Coder often writes that;
+    llama-server's Hermes parser accepts it as well)."""
 
     family = "hermes"
     markers = ("<tool_call>",)
+    bare = ("```json", "```\n", "{")  # how a reply made of bare calls begins
     prefix, suffix, separator = "<tool_call>\n", "\n</tool_call>", "\n"
     _block = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+    _fence = re.compile(r"^```(?:json)?\s*\n(.*?)(?:\n```)?$", re.S)
+
+    def call_start(self, text: str) -> int | None:
+        stripped = text.lstrip()
+        if stripped.startswith(self.bare):
+            return len(text) - len(stripped)
+        return super().call_start(text)
+
+    def held_from(self, text: str) -> int:
+        stripped = text.lstrip()
+        if not stripped or any(b.startswith(stripped) for b in self.bare):
+            return 0
+        return super().held_from(text)
 
     def parse(self, text: str) -> tuple[str, list[ParsedCall]] | None:
+        if "<tool_call>" not in text:  # bare calls: the whole reply, perhaps fenced
+            body = text.strip()
+            fenced = self._fence.match(body)
+            values = _json_values(fenced.group(1) if fenced else body)
+            calls = [_call_from(v, ("arguments", "parameters")) for v in values or []]
+            if not calls or any(c is None for c in calls):
+                return None
+            return "", [c for c in calls if c is not None]
         calls = []
         for body in self._block.findall(text):
             values = _json_values(body.strip())
@@ -103,8 +127,6 @@ class HermesParser(ToolCallParser):
             if call is None:
                 return None
             calls.append(call)
-        if not calls:
-            return None
         return self._block.sub("", text).strip(), calls
 
 
