@@ -315,3 +315,28 @@ def test_a_chat_template_error_is_a_400():
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert "System role not supported" in err["message"] and err["param"] == "messages"
+
+
+def test_a_chat_template_error_is_a_400_on_llama_cpp_too(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from fastapi.testclient import TestClient
+
+    from specdecode.backends.llamacpp import LlamaCppModel
+    from specdecode.server import ServerSettings, create_app
+
+    from .tiny_gguf import write_tiny_llama
+
+    model = LlamaCppModel(write_tiny_llama(tmp_path / "tiny.gguf"))
+    model.tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}"
+                                     "{{ raise_exception('System role not supported') }}{% endif %}"
+                                     "{{ m.content }}{% endfor %}")
+    model.tokenizer._formatter = None  # the GGUF tokenizer compiles its template on first use
+    with TestClient(create_app(sd.SpeculativeGenerator(model), ServerSettings("tiny", parallel=2,
+                                                                              ctx_size=512))) as http:
+        body = {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]}
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and "System role not supported" in r.json()["error"]["message"]
+        broken = "{% for m in messages %}{{ m.content }"  # a template that does not even compile
+        model.tokenizer.chat_template, model.tokenizer._formatter = broken, None
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
