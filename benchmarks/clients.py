@@ -14,6 +14,8 @@ results.json and report.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -105,6 +107,20 @@ def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[st
             "token_limit": "hit a token limit" in out or "exceeds" in out, "log_tail": out[-1500:]}
 
 
+@contextlib.contextmanager
+def exclusive(lock: str | None):
+    """Hold `lock` (a file, flock'ed exclusively) while timing, so that nothing else shares the CPU."""
+    if not lock:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def report(results: list[dict[str, Any]], servers: list[str], machine: str, cmd: str) -> str:
     lines = ["# aider edits against specdecode serve and llama-server", "",
              f"Machine: {machine}", f"Command: `{cmd}`", "",
@@ -143,6 +159,8 @@ def main() -> int:
     p.add_argument("--ours-args", default="", help="extra `specdecode serve` arguments")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default="results/clients")
+    p.add_argument("--lock", default=None, help="a file to flock exclusively around each timed edit and "
+                   "each server start (a machine shared with others), e.g. /tmp/cpu.lock")
     args = p.parse_args()
     binary = find_llama_server()
     if binary is None:
@@ -150,15 +168,18 @@ def main() -> int:
     from specdecode.registry import BUILTINS, gguf_file
 
     gguf = str(gguf_file(BUILTINS["qwen2.5-coder-1.5b"], quiet=True))
-    servers: dict[str, Any] = {"specdecode": OurServer(8765, args.ours_args.split())}
+    with exclusive(args.lock):
+        servers: dict[str, Any] = {"specdecode": OurServer(8765, args.ours_args.split())}
     try:
         for mode in args.modes if binary else []:
-            servers[f"llama-server/{mode}"] = LlamaServerRunner(binary, gguf, mode, n_ctx=16384)
+            with exclusive(args.lock):
+                servers[f"llama-server/{mode}"] = LlamaServerRunner(binary, gguf, mode, n_ctx=16384)
         results = []
         for fmt in args.formats:
             for file in args.files:
                 for name, srv in servers.items():  # interleaved: each file by each server in turn
-                    r = {"server": name, **edit(args.aider, srv.url, fmt, file, args.timeout)}
+                    with exclusive(args.lock):
+                        r = {"server": name, **edit(args.aider, srv.url, fmt, file, args.timeout)}
                     print(f"{name:24s} {fmt:6s} {file:16s} {r['wall_s']:7.1f} s applied={r['applied']} "
                           f"exact={r['exact']}", flush=True)
                     results.append(r)

@@ -27,7 +27,6 @@ from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
 DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 DEFAULT_CACHE_TOKENS = 8192  # KV positions parked for later requests (see BENCHMARKS.md, prefix cache)
 
 log = logging.getLogger("specdecode.server")
