@@ -28,7 +28,7 @@ from specdecode.gamma import AutoGamma, BatchLoad, CostModel  # noqa: E402
 
 from .tiny_gguf import write_tiny_llama  # noqa: E402
 
-CTX = 1024  # positions per slot
+CTX = 1024  # positions per request
 PROMPTS = [f"def f{i}(x):\n    return x * {i} + {i % 3}\n\n# {'abc ' * (i % 4)}" for i in range(16)]
 
 
@@ -116,6 +116,21 @@ def test_pool_bounds_and_bad_input(target):
         pool.decode([(a, [target.vocab_size], 1)])
     assert a.length == 0  # nothing of a refused call reached the cache
     pool.release(a)
+
+
+def test_unified_sequences_share_the_kv_memory(target):
+    pool = SequencePool(target, 3, 512)  # one buffer: each sequence may grow to 512, all together too
+    assert (pool.n_ctx, pool.n_ctx_seq) == (512, 512)
+    a, b = pool.acquire(), pool.acquire()
+    pool.decode([(a, [1] * 300, 1)])
+    assert pool.room == 212
+    with pytest.raises(ValueError, match="do not fit the 212 left in the shared KV memory"):
+        pool.decode([(b, [1] * 213, 1)])
+    assert b.length == 0
+    pool.decode([(b, [1] * 212, 1)])
+    assert pool.room == 0
+    split = SequencePool(target, 2, 512, kv_unified=False)  # a buffer each: half the positions each
+    assert (split.n_ctx, split.n_ctx_seq) == (512, 256)
     assert pool.free == 1 and pool.acquire().length == 0
     with pytest.raises(ValueError, match="--parallel must be >= 1|parallel sequences must be >= 1"):
         SequencePool(target, 0)
@@ -182,7 +197,7 @@ def server(files, tmp_path_factory):
         # else is in the call, so any difference from its one-at-a-time text would be the scheduler's
         # (mixed states or random streams), not the kernels' summation order
         [sys.executable, "-m", "specdecode.cli", "serve", "--target", files["target"], "--draft",
-         f"ngram+{files['draft']}", "--port", str(port), "--parallel", "8", "--ctx-size", str(CTX),
+         f"ngram+{files['draft']}", "--port", str(port), "--parallel", "8", "--ctx-size", str(8 * CTX),
          "--max-waiting", "64", "--served-model-name", "tiny", "--quiet", "--no-kv-unified"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -294,9 +309,19 @@ def test_a_disconnect_frees_its_slot(server):
     assert after["usage"]["completion_tokens"] > 0
 
 
-def test_a_request_beyond_its_slot_gets_context_length_exceeded(server):
+def test_max_tokens_beyond_the_window_is_clamped_and_a_prompt_beyond_it_is_a_400(server):
+    prompt_tokens = _complete(server, {"prompt": PROMPTS[0], "max_tokens": 1})["usage"]["prompt_tokens"]
+    r = _complete(server, {"prompt": PROMPTS[0], "max_tokens": 2 * CTX, "temperature": 0,
+                           "stop": None, "logit_bias": None})
+    usage, finish = r["usage"], r["choices"][0]["finish_reason"]
+    # the generation runs to the end of its window (finish length) unless the model ends it first
+    if finish == "length":
+        assert usage["prompt_tokens"] + usage["completion_tokens"] == CTX
+    else:
+        assert finish == "stop"
+    assert usage["completion_tokens"] <= CTX - prompt_tokens
     r = httpx.post(f"{server}/v1/completions", timeout=30,
-                   json={"prompt": PROMPTS[0], "max_tokens": CTX, "temperature": 0})
+                   json={"prompt": "x " * (2 * CTX), "max_tokens": 4, "temperature": 0})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded" and str(CTX) in err["message"]
@@ -385,6 +410,34 @@ def test_shared_kv_buffer_keeps_greedy_texts_up_to_near_ties(files):
                 div = first_divergence(reference, tok.encode(prompt), tok.encode(a, add_special_tokens=False),
                                        tok.encode(b, add_special_tokens=False))
                 assert div is not None and div.top2_margin <= near_tie_margin(reference), (prompt, a, b)
+    finally:
+        srv.close()
+
+
+def test_requests_without_max_tokens_share_the_kv_memory_and_end_when_it_is_full(files):
+    from specdecode.server import ServerSettings, create_app
+
+    gen = sd.SpeculativeGenerator(LlamaCppModel(files["target"]))
+    app = create_app(gen, ServerSettings("tiny", parallel=2, ctx_size=512))
+    assert app.state.queue.context == 512  # one request may use all of it
+    srv = _Server(app)
+    try:
+        def post(prompt: str) -> dict:  # chat: no max_tokens means until the end of the context
+            r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=120,
+                           json={"messages": [{"role": "user", "content": prompt}], "max_tokens": None,
+                                 "temperature": 0, "stream": False})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with cf.ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(post, PROMPTS[:2]))
+        used = [r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"] for r in replies]
+        finishes = [r["choices"][0]["finish_reason"] for r in replies]
+        assert max(used) <= 512 and set(finishes) <= {"length", "stop"}
+        if finishes == ["length", "length"]:  # (a random model rarely ends a reply itself)
+            # the memory ran out while both grew: the fuller one ended there, the other then had it all
+            assert sorted(used)[0] < 512 == sorted(used)[1]
+        assert app.state.queue.pool.free == 2 and app.state.queue.pool.room == 512
     finally:
         srv.close()
 

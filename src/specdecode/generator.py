@@ -305,8 +305,10 @@ class SpeculativeGenerator:
             return list(self.tokenizer(prediction, add_special_tokens=False)["input_ids"])
         return self._in_vocabulary(_token_list(prediction), "prediction")
 
-    def encode(self, prompt: Prompt, chat: bool = False) -> list[int]:
-        """The prompt's token ids exactly as `stream` feeds them (chat template applied when `chat`)."""
+    def encode(self, prompt: Prompt, chat: bool = False, tools: list[dict[str, Any]] | None = None
+               ) -> list[int]:
+        """The prompt's token ids exactly as `stream` feeds them (chat template applied when `chat`, offering
+        `tools`, OpenAI-shaped function definitions, to templates that render them)."""
         tok = self.tokenizer
         if isinstance(prompt, str) or (chat and _is_messages(prompt)):
             if isinstance(prompt, str) and not prompt:
@@ -319,7 +321,9 @@ class SpeculativeGenerator:
                 messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
                 if not getattr(tok, "chat_template", None):
                     raise ValueError("chat=True but the target's tokenizer has no chat template")
-                rendered = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+                extra = {"tools": tools} if tools else {}
+                rendered = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False,
+                                                   **extra)
                 ids = tok(rendered, add_special_tokens=False)["input_ids"]
             else:
                 ids = tok(prompt)["input_ids"]

@@ -21,34 +21,41 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 class SequencePool:
-    """`n_seq` independent sequences of `n_ctx_seq` positions each, on the weights of `model` (shared, not
-    copied). KV memory is fixed here, up front: n_seq * n_ctx_seq positions.
+    """`n_seq` independent sequences on the weights of `model` (shared, not copied), in `n_ctx` KV positions
+    fixed here, up front.
 
-    kv_unified: one KV buffer for all sequences (llama.cpp's --kv-unified), the default. With a buffer per
+    kv_unified: one KV buffer of `n_ctx` positions shared by all sequences (llama.cpp's --kv-unified), the
+    default: each sequence may grow to `n_ctx` (at most the model's trained context) while the others
+    leave room (`room`). Otherwise each sequence has its own n_ctx / n_seq positions. With a buffer per
     sequence, llama.cpp splits a batch whose sequences bring different numbers of rows (a draft block
     here, a plain step there) into several passes: measured on 2 cores, 11 plain rows and one 5-token
     block took 360 ms that way against 265 ms unified (16 plain rows: 255 against 267 ms).
 
     The prefix cache (on when either budget is > 0): a new request copies the longest prefix of its
     prompt that any running sequence holds (shared cells, nothing recomputed), or that a finished one
-    left, and reads only the rest. cache_tokens: KV positions kept, beyond the slots' own, for finished
-    sequences (parked cells cost every decode step: attention spans them); cache_ram: bytes of host
-    memory for finished sequences (saved as they finish when cache_tokens is 0, else when evicted from
-    KV memory), restored into the slot of a request that needs them.
+    left, and reads only the rest. cache_tokens: KV positions kept, beyond the `n_ctx` of the live
+    sequences, for finished sequences (parked cells cost every decode step: attention spans them);
+    cache_ram: bytes of host memory for finished sequences (saved as they finish when cache_tokens is 0,
+    else when evicted from KV memory), restored into the slot of a request that needs them. `room`
+    counts a shared cell once per sequence holding it (a bound that errs safe).
     """
 
-    def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx_seq: int = 4096, n_batch: int = 512,
+    def __init__(self, model: LlamaCppModel, n_seq: int, n_ctx: int = 16384, n_batch: int = 512,
                  kv_unified: bool = True, cache_tokens: int = 0, cache_ram: int = 0) -> None:
         if n_seq < 1:
             raise ValueError(f"the number of parallel sequences must be >= 1, got {n_seq}")
-        limit = model.max_length or n_ctx_seq
-        if n_ctx_seq < 16:
-            raise ValueError(f"the context per sequence must be at least 16 positions, got {n_ctx_seq}")
-        n_ctx_seq = min(-(-n_ctx_seq // SEQ_CTX_STEP) * SEQ_CTX_STEP, limit)
+        per_seq = n_ctx if kv_unified else n_ctx // n_seq
+        if per_seq < 16:
+            raise ValueError(f"the context per sequence must be at least 16 positions, got {per_seq}")
+        limit = model.max_length or per_seq
+        n_ctx_seq = min(-(-per_seq // SEQ_CTX_STEP) * SEQ_CTX_STEP, limit)
+        rounded = -(-n_ctx // SEQ_CTX_STEP) * SEQ_CTX_STEP
+        n_ctx = max(n_ctx_seq, rounded) if kv_unified else n_ctx_seq * n_seq
         lib = self._lib = model._lib
         self.model = model
         self._weights = model._weights  # the weights live as long as any pool or model on them
         self.n_seq, self.n_ctx_seq, self.n_batch, self.kv_unified = n_seq, n_ctx_seq, n_batch, kv_unified
+        self.n_ctx = n_ctx  # KV positions in all
         self.vocab_size = model.vocab_size
         why = ("the KV memory is not unified (--no-kv-unified): sequences cannot share cells"
                if not kv_unified else model.no_reuse)
@@ -59,7 +66,7 @@ class SequencePool:
         n_park = max(0, min(PARKED_SEQUENCES, MAX_SEQUENCES - n_seq)) if cache_tokens else 0
         cache_tokens = cache_tokens if n_park else 0
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx_seq * n_seq + cache_tokens
+        params.n_ctx = n_ctx + cache_tokens
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_seq + n_park
         params.kv_unified = kv_unified
@@ -68,8 +75,8 @@ class SequencePool:
         self._ctx = lib.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise ValueError(
-                f"llama.cpp could not create a context for {n_seq} sequences of {n_ctx_seq} positions "
-                f"({n_seq * n_ctx_seq} in all) for {model.path}: lower --parallel or --ctx-size; "
+                f"llama.cpp could not create a context of {n_ctx} positions for {n_seq} sequences of up to "
+                f"{n_ctx_seq} for {model.path}: lower --parallel or --ctx-size; "
                 f"llama.cpp says: {_recent_log() or 'nothing'}")
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch: TokenBatch | None = TokenBatch(lib, n_batch, self.vocab_size)
@@ -85,6 +92,13 @@ class SequencePool:
     @property
     def free(self) -> int:
         return len(self._free)
+
+    @property
+    def room(self) -> int:
+        """KV positions not in use: what the sequences together may still add."""
+        if not self.kv_unified:
+            return sum(self.n_ctx_seq - s.length for s in self.slots)
+        return self.n_ctx - sum(s.length for s in self.slots)
 
     def acquire(self) -> SequenceSlot:
         """A free slot, emptied (a RuntimeError when all are taken: check `free` first)."""
@@ -140,6 +154,9 @@ class SequencePool:
                                  f"{self.n_ctx_seq} (--ctx-size): shorten the prompt or max_tokens")
             first = len(ids) - min(keep, len(ids))
             rows += [(t, slot.length + i, slot.seq_id, keep > 0 and i >= first) for i, t in enumerate(ids)]
+        if self.kv_unified and len(rows) > self.room:
+            raise ValueError(f"{len(rows)} new positions do not fit the {self.room} left in the shared KV "
+                             f"memory of {self.n_ctx} positions (--ctx-size)")
         if calls is None or sum(calls) != len(rows) or max(calls) > self.n_batch:
             calls = [min(self.n_batch, len(rows) - at) for at in range(0, len(rows), self.n_batch)]
         with self._lock:

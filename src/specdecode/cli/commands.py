@@ -50,12 +50,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_waiting < 1 or args.default_max_tokens < 1:
+    if args.max_waiting < 1 or (args.default_max_tokens is not None and args.default_max_tokens < 1):
         raise ValueError("--max-waiting and --default-max-tokens must be >= 1")
     if args.cache_tokens < 0 or args.cache_ram < 0:
         raise ValueError(f"--cache-tokens and --cache-ram must be >= 0, got {args.cache_tokens} and "
                          f"{args.cache_ram}")
-    if args.parallel < 1 or args.ctx_size < 16 or args.prefill_chunk < 1:
+    if args.parallel < 1 or (args.ctx_size is not None and args.ctx_size < 16) or args.prefill_chunk < 1:
         raise ValueError("--parallel and --prefill-chunk must be >= 1 and --ctx-size >= 16, got "
                          f"{args.parallel}, {args.prefill_chunk} and {args.ctx_size}")
     target = _load(args, args.target, "target")
@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
                               parallel=args.parallel, ctx_size=args.ctx_size,
                               prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
                               prefix_cache=args.prefix_cache, cache_tokens=args.cache_tokens,
-                              cache_ram_mib=args.cache_ram)
+                              cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin)
     run_server(gen, settings, args.host, args.port, quiet=args.quiet)
     return 0
 

@@ -134,9 +134,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="requests decoded at once, sharing each target call (continuous batching, "
                      "llama.cpp backend; the transformers backend serves one at a time). 1: one request at "
                      "a time, first come first served (default 4)")
-    srv.add_argument("--ctx-size", type=int, default=4096,
-                     help="context positions per parallel request (prompt + completion); KV memory is fixed "
-                     "up front for --parallel x --ctx-size positions (default 4096, at most the model's)")
+    srv.add_argument("--ctx-size", "-c", type=int, default=None,
+                     help="KV positions, fixed up front and shared by the parallel requests (llama.cpp "
+                     "backend); with --kv-unified one request may use them all, up to the model's trained "
+                     "context, else each gets ctx-size / parallel (default: the model's trained context, "
+                     "at most 32768)")
     srv.add_argument("--prefill-chunk", type=int, default=256,
                      help="prompt tokens fed per batched step, so that a long prompt does not stall the "
                      "other requests and the first prompts answer sooner (default 256)")
@@ -156,8 +158,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="KV positions that keep finished requests in the KV memory itself (no restore, "
                      "but every parked position slows every decode step; beyond it they go to --cache-ram; "
                      "default 0)")
-    srv.add_argument("--default-max-tokens", type=int, default=512,
-                     help="chat completion length when the request gives no max_tokens (default 512)")
+    srv.add_argument("--default-max-tokens", type=int, default=None,
+                     help="chat completion length when the request gives no max_tokens (default: until end "
+                     "of sequence or a full context, as OpenAI and llama-server)")
+    srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="a browser origin (e.g. https://app.example) allowed to call the API besides "
+                     "loopback pages and the server's own; repeatable; '*' allows any (default: any when "
+                     "--api-key is set)")
     srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")
 
     models = sub.add_parser("models", help="list or fetch the built-in models")

@@ -20,10 +20,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .batching import BatchScheduler, batchable
 from .metrics import Metrics
+from .openai_compat import CORS, add_routes
+from .replies import StreamShaper, choice, tool_use_for
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
+DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
 # the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
 # the KV buffer, where every parked position slows every decode step (2048 parked: 1.09x a step's time)
 DEFAULT_CACHE_TOKENS = 0
@@ -42,24 +45,28 @@ class ServerSettings:
         gamma_max: int = 8,
         api_key: str | None = None,
         max_waiting: int = 64,
-        default_max_tokens: int = 512,
+        default_max_tokens: int | None = None,
         lookup_gamma_max: int = 32,
         parallel: int = 1,
-        ctx_size: int = 4096,
+        ctx_size: int | None = None,
         prefill_chunk: int = 256,
         kv_unified: bool = True,
+        cors_origins: list[str] | None = None,
         prefix_cache: bool = True,
         cache_tokens: int = DEFAULT_CACHE_TOKENS,
         cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
-        # batching (llama.cpp): requests at once, positions per request, prompt tokens fed per step
+        # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
+        # context), prompt tokens fed per step
         self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
         self.kv_unified = kv_unified
         # the prefix cache: on or off, KV positions kept for finished requests, host RAM for evicted ones
         self.prefix_cache, self.cache_tokens, self.cache_ram_mib = prefix_cache, cache_tokens, cache_ram_mib
         self.lookup_gamma_max = lookup_gamma_max
+        # default_max_tokens: a chat completion's limit when the request sets none (None: the context's end)
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
+        self.cors_origins = list(cors_origins or [])  # browser origins allowed besides loopback and our own
 
 
 def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
@@ -100,6 +107,15 @@ def _internal_error(request_id: str, exc: BaseException | None = None) -> APIErr
     log.error("request %s failed", request_id, exc_info=exc if exc is not None else True)
     return APIError(500, f"internal error while generating (request id {request_id}); the server log has "
                     "the details", code="internal_error")
+
+
+def _template_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a chat template raises for messages it refuses (the client's fault: a 400)."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, TemplateError)
 
 
 def _finish_reason(job: Job) -> str:
@@ -147,6 +163,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     from ..generator import SpeculativeGenerator
 
     metrics = Metrics()
+    template_errors = _template_errors()
     queue: Any = None
     context = getattr(gen.target, "max_length", None)
     if settings.parallel > 1:
@@ -156,8 +173,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             kv, ram = (settings.cache_tokens, settings.cache_ram_mib << 20) if on else (0, 0)
             queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
                                    settings.prefill_chunk, settings.kv_unified, kv, ram)
-            context = queue.context  # each request's fixed share of the KV memory
-            per = " per request (--ctx-size)"
+            context = queue.context  # what one request may use of the shared KV memory
+            per = " on this server (--ctx-size)"
         else:
             log.warning("serving one request at a time: %s", why)
     if queue is None:
@@ -178,6 +195,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     created = int(time.time())
 
     app.add_middleware(AuthAndCount, api_key=settings.api_key, metrics=metrics)
+    app.add_middleware(CORS, origins=settings.cors_origins, api_key=settings.api_key)  # outermost
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -214,14 +232,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": settings.model_name, "object": "model", "created": created, "owned_by": "specdecode"}
-            ],
-        }
+    add_routes(app, gen, queue, settings.model_name, created, context)
 
     def _check_model(body: _Common) -> None:
         if body.model not in (None, "", settings.model_name):
@@ -233,16 +244,19 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 "model_not_found",
             )
 
-    async def _prompt_ids(prompt: Any, chat: bool) -> list[int]:
+    async def _prompt_ids(prompt: Any, chat: bool, tools: list[dict[str, Any]] | None = None) -> list[int]:
         try:
-            return await queue.call(gen.encode, prompt, chat)  # the tokenizer is not thread-safe
-        except ValueError as e:
-            raise APIError(400, str(e), "messages" if chat else "prompt") from None
+            return await queue.call(gen.encode, prompt, chat, tools)  # the tokenizer is not thread-safe
+        except template_errors as e:
+            what = "the model's chat template refused these messages: " if chat else ""
+            raise APIError(400, f"{what}{e}", "messages" if chat else "prompt") from None
 
-    def _budget(body: _Common, prompt_len: int, default: int) -> int:
+    def _budget(body: _Common, prompt_len: int, default: int | None) -> int:
+        """The completion's token limit: what the request asks, clamped to the room the context has left
+        (the generation then ends with finish_reason length); without a limit, the context's end."""
         asked = body.token_limit
         if context is None:
-            return asked or default
+            return asked or default or DEFAULT_MAX_TOKENS_UNBOUNDED
         if prompt_len >= context:
             raise APIError(
                 400,
@@ -251,16 +265,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 "messages" if hasattr(body, "messages") else "prompt",
                 "context_length_exceeded",
             )
-        if asked is not None and prompt_len + asked > context:
-            raise APIError(
-                400,
-                f"this model's maximum context length{per} is {context} tokens; you requested "
-                f"{prompt_len + asked} ({prompt_len} in the prompt, {asked} for the completion): "
-                "lower max_tokens or shorten the prompt",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        return asked or min(default, context - prompt_len)
+        return min(asked or default or context, context - prompt_len)
 
     async def _prediction_ids(body: _Common) -> list[int] | None:
         """The request's predicted output as token ids, within the context window (else a 400)."""
@@ -316,20 +321,27 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         body.unsupported()
         _check_model(body)
         job = Job(arrived=time.perf_counter())
+        tool_use = None
         if chat:
             assert isinstance(body, ChatCompletionRequest)
-            prompt_ids = await _prompt_ids(body.chat_messages(), True)
+            tool_use = tool_use_for(body, gen.tokenizer)
+            offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
+            prompt_ids = await _prompt_ids(body.chat_messages(), True, offered)
             default = settings.default_max_tokens
         else:
             assert isinstance(body, CompletionRequest)
             prompt_ids = await _prompt_ids(body.prompt_value(), False)
             default = COMPLETIONS_DEFAULT_MAX_TOKENS
         budget = _budget(body, len(prompt_ids), default)
+        job.prompt_tokens = len(prompt_ids)
         prediction = await _prediction_ids(body)
         job.predicted = prediction is not None
+        # TODO(grammar merge): when tool_use.grammar is set (tool_choice required or a named function),
+        # pass it to the constraint API of server/constraints.py so the call is enforced token by token
+        # (llguidance); until then such a request is served like `auto` with only the allowed functions
+        # offered, and a reply that is not a call comes back as text (finish_reason stop).
         start = _starter(body, prompt_ids, budget, prediction)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        kind = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
         def pieces(admitted: bool = False) -> AsyncIterator[str]:
@@ -341,46 +353,22 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 async for piece in stream:
                     text.append(piece)
             metrics.latency.observe(time.perf_counter() - job.arrived)
-            content = "".join(text)
-            choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(job), "logprobs": None}
-            choice.update(
-                {"message": {"role": "assistant", "content": content}} if chat else {"text": content}
-            )
-            return {**head, "object": kind, "choices": [choice], "usage": _usage(job, len(prompt_ids))}
+            kind = "chat.completion" if chat else "text_completion"
+            reply = choice(chat, "".join(text), _finish_reason(job), tool_use)
+            return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
 
         queue.admit()  # refuse before the 200 is sent, not in-band
-        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return f"data: {json.dumps({**head, 'object': chunk_kind, 'choices': choices, **extra})}\n\n"
-
-        def delta(piece: str | None, finish: str | None = None) -> dict[str, Any]:
-            if chat:
-                return {
-                    "index": 0,
-                    "delta": {} if piece is None else {"content": piece},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            return {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+        shaper = StreamShaper(chat, head, tool_use)
 
         async def sse() -> AsyncIterator[str]:
             try:
-                if chat:
-                    yield event(
-                        [
-                            {
-                                "index": 0,
-                                "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ]
-                    )
+                for event in shaper.start():
+                    yield event
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        yield event([delta(piece)])
+                        for event in shaper.piece(piece):
+                            yield event
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"
                 return
@@ -390,11 +378,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             if job.cancelled:
                 return
             metrics.latency.observe(time.perf_counter() - job.arrived)
-            usage = _usage(job, len(prompt_ids))
-            yield event([delta(None, _finish_reason(job))], usage=usage)
-            if include_usage:
-                yield event([], usage=usage)
-            yield "data: [DONE]\n\n"
+            for event in shaper.end(_finish_reason(job), _usage(job, len(prompt_ids)), include_usage):
+                yield event
 
         return StreamingResponse(
             sse(),

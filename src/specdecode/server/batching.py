@@ -24,10 +24,12 @@ from ..cache import common_prefix
 from ..drafters import draft_models, fork_drafter
 from ..gamma import BatchLoad
 from .metrics import Metrics
+from .schemas import APIError
 from .worker import Admission, Job
 
 log = logging.getLogger("specdecode.server")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+DEFAULT_KV_POSITIONS = 32768  # shared KV memory when --ctx-size is not given (~0.9 GB for the 1.5B target)
 FOLLOW_MIN = 32  # a shared prompt prefix shorter than this is read again rather than waited for
 
 
@@ -54,6 +56,9 @@ class _Entry:
         self.loop.call_soon_threadsafe(done)
 
 
+_Item = tuple[_Entry, list[int], int, bool]  # a request's rows in a step: ids, logits kept, planned
+
+
 def batchable(gen: Any) -> str | None:
     """Why `gen` cannot be served by the batching scheduler (None when it can)."""
     from ..backends.llamacpp import LlamaCppModel
@@ -69,7 +74,7 @@ def batchable(gen: Any) -> str | None:
 class BatchScheduler(Admission):
     """Runs up to `parallel` generations at once, sharing target calls; `max_waiting` bounds the queue."""
 
-    def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int = 4096,
+    def __init__(self, gen: Any, metrics: Metrics, parallel: int, ctx_size: int | None = None,
                  max_waiting: int = 64, prefill_chunk: int = 256, kv_unified: bool = True,
                  cache_tokens: int = 0, cache_ram: int = 0) -> None:
         from ..backends.llamacpp_pool import SequencePool
@@ -81,10 +86,12 @@ class BatchScheduler(Admission):
             raise ValueError(f"the prefill chunk must be >= 1 token, got {prefill_chunk}")
         self.metrics, self.max_waiting, self.prefill_chunk = metrics, max_waiting, prefill_chunk
         n_batch = max(512, prefill_chunk)
+        if ctx_size is None:  # the model's trained context, shared by all requests
+            ctx_size = min(gen.target.max_length or DEFAULT_KV_POSITIONS, DEFAULT_KV_POSITIONS)
         self.pool = SequencePool(gen.target, parallel, ctx_size, n_batch=n_batch, kv_unified=kv_unified,
                                  cache_tokens=cache_tokens, cache_ram=cache_ram)
         drafts = draft_models(gen.drafter)
-        self.draft_pool = (SequencePool(drafts[0], parallel, self.pool.n_ctx_seq, n_batch=n_batch,
+        self.draft_pool = (SequencePool(drafts[0], parallel, self.pool.n_ctx, n_batch=n_batch,
                                         kv_unified=kv_unified, cache_tokens=cache_tokens, cache_ram=cache_ram)
                            if drafts else None)
         self.context = self.pool.n_ctx_seq
@@ -163,8 +170,13 @@ class BatchScheduler(Admission):
                     self.metrics.cancelled.inc()
                     entry.job.finished = time.perf_counter()
                     entry.close()
-                starting = []
+                starting: list[_Entry] = []
+                room = self.pool.room - sum(e.generation.loop.unfed() for e in self._active)
                 while self._waiting and self.pool.free > len(starting):
+                    need = self._waiting[0].job.prompt_tokens + 1
+                    if need > room and (self._active or starting):  # its prompt waits for room to free
+                        break
+                    room -= need
                     starting.append(self._waiting.popleft())
                 self.metrics.queue_length.set(len(self._waiting))
             for entry in starting:
@@ -278,6 +290,7 @@ class BatchScheduler(Admission):
                 self._fail(entry, exc)
                 continue
             items.append((entry, feed, keep, True))
+        items = self._fit(items)
         if not items:
             return
         rows = sum(len(ids) for _, ids, _, _ in items)
@@ -311,6 +324,28 @@ class BatchScheduler(Admission):
             if entry.generation.done:
                 self._finish(entry)
 
+    def _fit(self, items: list[_Item]) -> list[_Item]:
+        """The step's items that fit the shared KV memory: while they do not, the generating request that
+        holds the most positions ends there, finish_reason length (its context is the memory left)."""
+        room = self.pool.room
+        while sum(len(ids) for _, ids, _, _ in items) > room:
+            planned = [it for it in items if it[3]]
+            if not planned:  # prompts only (admission leaves room for them): feed what fits
+                fits = [it for it in items if len(it[1]) <= room][:1]
+                if not fits:  # cannot happen while admission reserves room; never spin on it
+                    entry = items[0][0]
+                    self._fail(entry, APIError(503, "the shared KV memory is full: retry later, or start the "
+                                               "server with a larger --ctx-size", code="server_busy"))
+                return fits
+            victim = max(planned, key=lambda it: it[0].slot.length)
+            items.remove(victim)
+            entry = victim[0]
+            room += entry.slot.length
+            entry.generation.loop.stats.finish_reason = "length"
+            log.warning("the shared KV memory is full (--ctx-size %d): ending a request at %d positions",
+                        self.pool.n_ctx, entry.slot.length)
+            self._finish(entry)
+        return items
     def _follow(self, entry: _Entry) -> bool:
         """Give a request still reading its prompt what an earlier running request has read of the prefix
         they share (shared KV cells, prefix cache on); True when that request has more of it to read, so

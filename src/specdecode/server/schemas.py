@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible endpoints, validated, and their OpenAI-shaped errors.
 
 Fields OpenAI defines and we honour are typed and range-checked; fields OpenAI defines that we cannot
-honour yet (n > 1, logprobs, echo, penalties, logit_bias, tools) are refused with a 400 naming them
+honour yet (n > 1, logprobs, echo, penalties, logit_bias) are refused with a 400 naming them
 rather than silently ignored. Unknown extra fields are ignored, as clients send many.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..sampling import TEMPERATURE_MAX
+from .tool_schemas import NamedToolChoice, Tool, ToolCall, ToolChoice
 
 
 class APIError(Exception):
@@ -50,8 +51,20 @@ class SpeculativeOptions(BaseModel):
         return value
 
 
+def _drop_nulls(data: Any) -> Any:
+    """`null` means "not set", as in OpenAI's API: a field sent as null takes its default."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if v is not None}
+    return data
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _drop_nulls(data)
 
 
 class Prediction(BaseModel):
@@ -81,6 +94,11 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -108,8 +126,6 @@ class _Common(BaseModel):
     @classmethod
     def _stop(cls, value: Any) -> Any:
         stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty strings")
         return value
@@ -182,6 +198,9 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this result answers
 
     def text(self) -> str:
         """The message's text (content parts of type "text" joined; other parts refused)."""
@@ -199,20 +218,50 @@ class ChatMessage(BaseModel):
             parts.append(part["text"])
         return "".join(parts)
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates take it (tool calls with their arguments as JSON objects)."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                               "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name, "arguments": c.function.arguments_object()}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
 
 class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage]
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def unsupported(self) -> None:
         super().unsupported()
-        if self.tools:
-            raise APIError(400, "tools (function calling) are not supported by this server yet", "tools")
         if not self.messages:
             raise APIError(400, "messages is empty: send at least one message", "messages")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise APIError(400, f"tool_choice {self.choice!r} needs tools: send the functions in 'tools'",
+                           "tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise APIError(400, f"tool_choice names the function {self.tool_choice.function.name!r}, "
+                               f"which is not among the tools ({', '.join(names)})", "tool_choice")
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        role = {"developer": "system"}
-        return [{"role": role.get(m.role, m.role), "content": m.text()} for m in self.messages]
+    @property
+    def choice(self) -> str:
+        """none, auto, required or the named function (default: auto with tools, else none)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        return [m.for_template() for m in self.messages]

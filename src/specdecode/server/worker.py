@@ -31,6 +31,7 @@ class Job:
     finished: float | None = None
     cancelled: bool = False
     predicted: bool = False  # the request sent a prediction (usage then reports its counts)
+    prompt_tokens: int = 0  # KV positions its prompt takes (the batching scheduler admits by room)
     result: Any = None  # GenerationResult, once the stream is closed
 
 
