@@ -259,7 +259,8 @@ def main() -> None:
             server: Any = LlamaServerRunner(binary, gguf, "plain", n_ctx=CTX, parallel=4)
             name = "llama-server -np 4"
         else:
-            flags = ["--ctx-size", str(CTX)] + (["--no-prefix-cache"] if kind == "ours-no-cache" else [])
+            # the same KV memory as llama-server's: 4 x CTX positions (ours shares them between the slots)
+            flags = ["--ctx-size", str(4 * CTX)] + (["--no-prefix-cache"] if kind == "ours-no-cache" else [])
             server = Ours(4, port, flags)
             name = "specdecode serve" + (" --no-prefix-cache" if kind == "ours-no-cache" else "")
         try:
@@ -272,6 +273,9 @@ def main() -> None:
             res["servers"][name] = entry
         finally:
             server.close()
+        if args.out:  # what is measured so far survives an interrupted run
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1))
     if "d" in only:
         res["d"] = {"--prompt-cache": run_d(True, 16), "no cache": run_d(False, 16)}
     text = report(res)

@@ -200,6 +200,11 @@ class PrefixCache:
         self.stats = CacheStats()
 
     @property
+    def cached_tokens(self) -> int:
+        """Distinct prefix positions held for later requests, in KV memory and in host memory."""
+        return self.parked.size + self.host.size
+
+    @property
     def parked_tokens(self) -> int:
         """Distinct positions held by parked sequences (shared prefixes counted once)."""
         return self.parked.size

@@ -34,7 +34,8 @@ class Metrics:
                                      "prompt tokens served from the prefix cache instead of being read",
                                      registry=r)
         self.cache_tokens = Gauge("specdecode_prefix_cache_tokens",
-                                  "KV positions the prefix cache holds for later requests (target model)",
+                                  "prompt positions the prefix cache holds for later requests, in KV and host"
+                                  " memory (target model)",
                                   registry=r)
         self.cache_host_bytes = Gauge("specdecode_prefix_cache_host_bytes",
                                       "bytes of host memory holding evicted prefixes (--cache-ram)",
@@ -112,7 +113,7 @@ class Metrics:
         """The prefix cache's state: a `PrefixCache` (batching), or `held`, the positions the single
         sequence of a one-at-a-time server keeps for the next request."""
         if cache is not None:
-            self.cache_tokens.set(cache.parked_tokens)
+            self.cache_tokens.set(cache.cached_tokens)
             self.cache_host_bytes.set(cache.host_used)
             self.cache_evictions.inc(cache.stats.evictions - self._evicted)
             self._evicted = cache.stats.evictions
