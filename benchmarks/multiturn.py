@@ -242,12 +242,17 @@ def main() -> None:
     ap.add_argument("--only", default="a,b,c,d", help="workloads to run (a,b,c,d)")
     ap.add_argument("--servers", default="ours,llama-server,ours-no-cache")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="add to the servers already in --out's results.json (a run in parts)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     gguf = _gguf()
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": describe(),
                            "max_tokens": args.max_tokens, "servers": {},
                            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    if args.append and args.out and (Path(args.out) / "results.json").exists():
+        res = json.loads((Path(args.out) / "results.json").read_text())
+        res["command"] += " ; " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     port = 18900
     for kind in args.servers.split(","):
         port += 1

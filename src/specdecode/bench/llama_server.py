@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -67,11 +68,14 @@ class LlamaServerRunner:
         env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         cmd = [str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads),
                "-tb", str(threads), "-c", str(n_ctx * parallel), "-np", str(parallel), *args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its log goes to a file: a pipe nobody reads fills up (or, closed, kills it with SIGPIPE mid-request)
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the runner)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + startup_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")[-800:] if self.proc.stderr else ""
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")[-800:]
                 raise RuntimeError(f"llama-server ({mode}) exited with {self.proc.returncode}: {err}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
@@ -82,8 +86,6 @@ class LlamaServerRunner:
         else:
             self.close()
             raise RuntimeError(f"llama-server ({mode}) did not become healthy in {startup_s:.0f}s")
-        if self.proc.stderr:  # nothing reads it from here on: do not let a full pipe block the server
-            self.proc.stderr.close()
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> Run:
         body: dict[str, Any] = {"prompt": list(prompt_ids), "n_predict": max_new_tokens, "seed": seed,
@@ -111,6 +113,7 @@ class LlamaServerRunner:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.log.close()
 
     def __del__(self) -> None:
         try:
