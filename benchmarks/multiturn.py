@@ -32,12 +32,28 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
-from serve_load import Ours, _gguf, one  # noqa: E402
+from serve_load import Ours, _gguf  # noqa: E402
+from serve_load import one as _one  # noqa: E402
 from specdecode.bench.llama_server import LlamaServerRunner, find_llama_server  # noqa: E402
 from specdecode.machine import describe  # noqa: E402
 
 CTX = 4096  # positions per slot
 SYSTEM = "You are a senior Python reviewer. Answer briefly and precisely."
+
+
+RETRIES: list[str] = []  # requests sent again after the server dropped the connection (reported)
+
+
+async def one(client: httpx.AsyncClient, url: str, messages: list[dict], max_tokens: int,
+              extra: dict[str, Any]) -> dict[str, Any]:
+    """One streamed chat request (serve_load.one); sent once more on a fresh connection when the server
+    drops it before answering (seen with llama-server on a reused keep-alive connection)."""
+    try:
+        return await _one(client, url, messages, max_tokens, extra)
+    except httpx.RemoteProtocolError as exc:
+        RETRIES.append(f"{url}: {exc}")
+        async with httpx.AsyncClient(timeout=3600) as fresh:
+            return await _one(fresh, url, messages, max_tokens, extra)
 
 
 def stdlib_text(module: str, tokens: int) -> str:
@@ -278,6 +294,8 @@ def main() -> None:
             res["servers"][name] = entry
         finally:
             server.close()
+        res["retries"] = res.get("retries", []) + RETRIES
+        RETRIES.clear()
         if args.out:  # what is measured so far survives an interrupted run
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1))
