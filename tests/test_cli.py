@@ -65,7 +65,7 @@ def test_json_schema(pair, capsys):
     assert len(r["token_ids"]) == r["stats"]["new_tokens"] == 17
     assert r["settings"] == {"max_new_tokens": 17, "temperature": 0.8, "top_k": 0, "top_p": 0.9,
                              "min_p": 0.0, "gamma": 3, "gamma_max": 8, "lookup_gamma_max": 32, "seed": 5,
-                             "stop": None}
+                             "stop": None, "cache_prompt": True}
     stats = r["stats"]
     for key in ("acceptance_rate", "mean_tokens_per_target_call", "target_s", "draft_s", "tokens_per_s"):
         assert isinstance(stats[key], float)
