@@ -32,7 +32,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from specdecode.bench.llama_server import LlamaServerRunner, find_llama_server  # noqa: E402
+from specdecode.bench.llama_server import MODES, find_llama_server  # noqa: E402
 from specdecode.machine import describe  # noqa: E402
 
 FILES = ROOT / "benchmarks" / "clients" / "files"
@@ -70,12 +70,48 @@ class OurServer:
                 time.sleep(0.5)
         raise RuntimeError("our server did not come up in 600 s")
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def close(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class LlamaServer:
+    """llama-server on the same GGUF, one slot, its log in a file (a closed pipe would kill it)."""
+
+    def __init__(self, binary: Path, gguf: str, mode: str, port: int, n_ctx: int = 16384) -> None:
+        from specdecode.machine import available_cores
+
+        self.name, self.url = f"llama-server/{mode}", f"http://127.0.0.1:{port}"
+        threads = str(available_cores())
+        self.log = open(tempfile.mktemp(suffix="-llama-server.log"), "w+b")  # noqa: SIM115
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+        self.proc = subprocess.Popen([str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(port),
+                                      "-t", threads, "-tb", threads, "-c", str(n_ctx), "-np", "1", "--jinja",
+                                      *MODES[mode]], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.log.read().decode(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} did not come up in 300 s")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        OurServer.close(self)  # type: ignore[arg-type]
 
 
 def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[str, Any]:
@@ -150,6 +186,14 @@ def report(results: list[dict[str, Any]], servers: list[str], machine: str, cmd:
     return "\n".join(lines) + "\n"
 
 
+def write(out: Path, results: list[dict[str, Any]], servers: list[str], args: argparse.Namespace) -> None:
+    """results.json and report.md as they stand."""
+    machine = describe()
+    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args),
+                                                  "results": results}, indent=1))
+    (out / "report.md").write_text(report(results, servers, machine, " ".join(sys.argv)))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--aider", default="/tmp/aider-venv/bin/aider")
@@ -173,8 +217,10 @@ def main() -> int:
     try:
         for mode in args.modes if binary else []:
             with exclusive(args.lock):
-                servers[f"llama-server/{mode}"] = LlamaServerRunner(binary, gguf, mode, n_ctx=16384)
-        results = []
+                servers[f"llama-server/{mode}"] = LlamaServer(binary, gguf, mode, 8766 + len(servers))
+        results: list[dict[str, Any]] = []
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         for fmt in args.formats:
             for file in args.files:
                 for name, srv in servers.items():  # interleaved: each file by each server in turn
@@ -182,16 +228,13 @@ def main() -> int:
                         r = {"server": name, **edit(args.aider, srv.url, fmt, file, args.timeout)}
                     print(f"{name:24s} {fmt:6s} {file:16s} {r['wall_s']:7.1f} s applied={r['applied']} "
                           f"exact={r['exact']}", flush=True)
+                    if hasattr(srv, "alive") and not srv.alive():
+                        raise RuntimeError(f"{name} died: see {srv.log.name}")
                     results.append(r)
+                    write(out, results, list(servers), args)  # after every edit: a stopped run keeps them
     finally:
         for srv in servers.values():
             srv.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = describe()
-    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args),
-                                                  "results": results}, indent=1))
-    (out / "report.md").write_text(report(results, list(servers), str(machine), " ".join(sys.argv)))
     print((out / "report.md").read_text())
     return 0
 
