@@ -11,7 +11,9 @@ from .costs import calibrate
 from .drafters import as_drafter, draft_models, has_lookup_source
 from .engine import DecodeLoop
 from .gamma import AutoGamma, CostModel
+from .logprobs import check_top
 from .models import as_model, check_pair
+from .penalties import Penalties
 from .prediction import PredictionDrafter
 from .protocol import start_sequence
 from .results import GenerationResult, GenerationStats
@@ -87,7 +89,9 @@ class Generation:
         if self.result is None:
             self.loop.end()
             self.loop.stats.count(len(self.text.token_ids))
-            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats)
+            logprobs = self.loop.logprobs[: len(self.text.token_ids)] if self.loop.top_logprobs is not None \
+                else None
+            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats, logprobs)
         return self.result
 
 
@@ -156,6 +160,13 @@ class SpeculativeGenerator:
         prediction: str | Sequence[int] | None = None,
         target: Any = None,
         drafter: Any = None,
+        constraint: Any = None,
+        grammar_drafts: bool = True,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        logprobs: int | None = None,
     ) -> Generation:
         """A generation to advance step by step (what `stream` runs; a batching server drives several).
 
@@ -174,12 +185,32 @@ class SpeculativeGenerator:
         being edited). It drafts wherever the output follows it, the generator's own drafter elsewhere;
         the output is exactly what the same call without it gives. `stats.accepted_prediction_tokens`
         and `rejected_prediction_tokens` count its proposals.
+        constraint: a `specdecode.Constraint` (JSON schema, any JSON object, GBNF/Lark grammar, regex): the
+        output is drawn from the target's distribution restricted to it and renormalised at each step
+        (before temperature and the filters), and ends when it is complete. grammar_drafts: the tokens
+        the grammar forces are drafted for free (the output is the same either way).
+        presence_penalty, frequency_penalty (OpenAI, over the generated tokens), repeat_penalty and
+        repeat_last_n (llama.cpp, over the sequence's last tokens): see `specdecode.penalties`.
+        logprobs: None, or the number (0..20) of top alternatives to report with each token's
+        log-probability
+        (`result.logprobs`, see `specdecode.logprobs`).
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
+        check_top(logprobs)
         target = self.target if target is None else target
         drafter = self.drafter if drafter is None else drafter
         if prediction is not None:
             drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=drafter)
+        matcher = None
+        if constraint is not None:
+            from .structured.drafter import GrammarDrafter
+            from .structured.llg import GrammarMatcher
+
+            eos_ids = set(getattr(target, "eos_token_ids", set()) or set())
+            matcher = GrammarMatcher(constraint, self.tokenizer, int(target.vocab_size), eos_ids)
+            if grammar_drafts or drafter is not None:
+                drafter = GrammarDrafter(drafter, matcher, forced=grammar_drafts)
         auto = gamma == "auto"
         if auto:
             for label, value in (("gamma_max", gamma_max), ("lookup_gamma_max", lookup_gamma_max)):
@@ -229,7 +260,8 @@ class SpeculativeGenerator:
                 model_limit = getattr(model, "max_length", None)
                 model.reserve(min(room, model_limit) if model_limit else room)
         eos = set(getattr(target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy)
+        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy, matcher,
+                          penalties, logprobs)
         loop.stats.prompt_tokens = len(prompt_ids)
         return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
 
@@ -268,7 +300,8 @@ class SpeculativeGenerator:
         """Stream a completion as text pieces (`tokens=True`: lists of token ids).
 
         Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
-        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction)."""
+        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, constraint, grammar_drafts,
+        presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, logprobs)."""
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats
