@@ -103,7 +103,8 @@ class ModelDrafter:
             if grammar is not None:  # q within the grammar: tokens the target would reject are never drafted
                 if grammar.stopped:
                     break
-                logits = logits[:, : ctx.vocab].float()
+                logits = logits[:, : ctx.vocab]
+                logits = logits if logits.dtype == torch.float64 else logits.float()
                 allowed = grammar.allowed()[: logits.shape[-1]].to(logits.device)
                 logits = logits.masked_fill(~allowed, float("-inf"))
             greedy = ctx.params.greedy

@@ -25,6 +25,11 @@ from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
 
 
+def _floating(logits: torch.Tensor) -> torch.Tensor:
+    """float64 logits as they are, anything else as float32 (as `adjusted_probs` computes)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,7 +102,7 @@ class DecodeLoop:
             logits = self.penalties.apply(logits, self.seq, self.generated, draft)
         if self.grammar is not None:
             allowed, _ = self.grammar.block_masks(draft)
-            logits = logits.float().masked_fill(~allowed.to(logits.device), float("-inf"))
+            logits = _floating(logits).masked_fill(~allowed.to(logits.device), float("-inf"))
         return logits
 
     def _verify(self, logits: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor
@@ -227,14 +232,14 @@ class DecodeLoop:
         eos_at = next((i for i, t in enumerate(new) if t in self.eos), None)
         if eos_at is not None:
             new = new[: eos_at + 1]
+        grammar_done = False
+        if self.grammar is not None:  # the output ends where the grammar is complete
+            new = new[: self.grammar.consume(new)]
+            grammar_done = self.grammar.stopped
         if self._rows is not None:
             assert self.top_logprobs is not None
             self.logprobs += token_logprobs(self._rows, new, self.top_logprobs)
             self._rows = None
-        grammar_done = False
-        if self.grammar is not None:
-            self.grammar.consume(new)
-            grammar_done = self.grammar.stopped  # complete: nothing but an end of sequence could follow
         self.seq.extend(new)
         if drafter is not None and self.gamma > 0:
             drafter.commit(self.seq)

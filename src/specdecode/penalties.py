@@ -45,7 +45,7 @@ class Penalties:
               ) -> torch.Tensor:
         """Penalised copy of `logits` [len(draft)+1, V]: row i follows `sequence` (its last `generated`
         tokens being the output so far) and draft[:i]."""
-        out = logits.float().clone()
+        out = (logits if logits.dtype == torch.float64 else logits.float()).clone()
         rows = len(draft) + 1
         device = out.device
         if self.repeat != 1.0 and self.repeat_last_n > 0:
@@ -62,11 +62,11 @@ class Penalties:
             ids = sorted(set(base) | set(draft))
             if ids:
                 col = {t: j for j, t in enumerate(ids)}
-                counts = torch.zeros(rows, len(ids), dtype=torch.float32)
+                counts = torch.zeros(rows, len(ids), dtype=out.dtype)
                 counts[:] = torch.tensor([float(base.get(t, 0)) for t in ids])
                 for i, t in enumerate(draft):  # rows after position i have seen draft token i
                     counts[i + 1 :, col[t]] += 1
                 counts = counts.to(device)
                 index = torch.tensor(ids, device=device)
-                out[:, index] -= self.frequency * counts + self.presence * (counts > 0).float()
+                out[:, index] -= self.frequency * counts + self.presence * (counts > 0).to(out.dtype)
         return out

@@ -187,13 +187,15 @@ class GrammarMatcher:
         """How many leading `tokens` the grammar allows from the current state."""
         return int(self._matcher.validate_tokens(list(tokens))) if tokens else 0
 
-    def consume(self, tokens: list[int]) -> None:
-        """Advance over accepted `tokens` (the engine only accepts tokens the grammar allowed)."""
-        for token in tokens:
+    def consume(self, tokens: list[int]) -> int:
+        """Advance over accepted `tokens` (the engine only accepts tokens the grammar allowed); returns how
+        many belong to the output: all of them, or those up to the one that completed the grammar."""
+        for i, token in enumerate(tokens):
             if self.stopped:
-                return
+                return i
             if not self._matcher.consume_token(int(token)):
                 raise RuntimeError(f"the grammar refused accepted token {token}: {self._matcher.get_error()}")
+        return len(tokens)
 
     def rollback(self, n: int) -> None:
         if n:
