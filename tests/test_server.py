@@ -237,7 +237,7 @@ BAD_INPUTS = [
     ("/v1/completions", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n=2 is not supported"),
     ("/v1/completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
-    ("/v1/completions", {"prompt": "hi", "logprobs": 3}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 9}, 400, "logprobs"),
     ("/v1/completions", {"prompt": "hi", "speculative": {"gamma": 0}}, 400, "gamma"),
     ("/v1/completions", {"prompt": "hi", "speculative": {"turbo": True}}, 400, "speculative.turbo"),
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "'gpt-4' is not served here"),

@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .batching import BatchScheduler, batchable
+from .constraints import generation_options
+from .logprobs import chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
@@ -264,8 +266,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                            "context_length_exceeded")
         return list(ids)
 
-    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None
-                 ) -> Any:
+    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
+                 options: dict[str, Any] | None = None) -> Any:
         spec = body.speculative
         use = gen if spec is None or spec.draft else plain
         gamma = spec.gamma if spec is not None and spec.gamma is not None else settings.gamma
@@ -286,6 +288,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             gamma_max=gamma_max,
             lookup_gamma_max=lookup_gamma_max,
             prediction=prediction,
+            **(options or {}),  # structured output, penalties, logprobs (server.constraints)
         )
 
         def start(bind: Any = None) -> Any:
@@ -301,6 +304,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     async def _serve(request: Request, body: _Common, chat: bool) -> Any:
         body.unsupported()
+        options = generation_options(body, chat)
         _check_model(body)
         job = Job(arrived=time.perf_counter())
         if chat:
@@ -314,7 +318,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         budget = _budget(body, len(prompt_ids), default)
         prediction = await _prediction_ids(body)
         job.predicted = prediction is not None
-        start = _starter(body, prompt_ids, budget, prediction)
+        start = _starter(body, prompt_ids, budget, prediction, options)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         kind = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
@@ -330,6 +334,9 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             metrics.latency.observe(time.perf_counter() - job.arrived)
             content = "".join(text)
             choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(job), "logprobs": None}
+            if job.result is not None and job.result.logprobs is not None:
+                shape = chat_logprobs if chat else completion_logprobs
+                choice["logprobs"] = await queue.call(shape, job.result.logprobs, gen.tokenizer)
             choice.update(
                 {"message": {"role": "assistant", "content": content}} if chat else {"text": content}
             )
