@@ -161,6 +161,7 @@ def test_logprobs_of_accepted_draft_tokens_equal_plain_decoding(pair):
         assert a.logprob <= 0 and a.top[0][0] == a.token  # greedy: the chosen token is the best one
     # unconstrained: the logprobs are the model's own log-softmax
     res = sd.SpeculativeGenerator(target).generate([5, 6, 7], max_new_tokens=3, logprobs=0)
+    target.reset()
     logits = target.forward(torch.tensor([[5, 6, 7]]))[0, -1]
     target.reset()
     expected = float(torch.log_softmax(logits.float(), -1)[res.token_ids[0]])

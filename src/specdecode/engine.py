@@ -134,7 +134,7 @@ class DecodeLoop:
         self._beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._wall_start = time.perf_counter()
         self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int] | None = None
-        self.logprobs = []
+        self.logprobs.clear()  # in place: a stream reads this list as it grows
         self.stats.finish_reason = ""
 
     def begin_drafter(self) -> None:

@@ -33,6 +33,7 @@ class GenerationStream:
     def __init__(self, pieces: Iterator[Any]) -> None:
         self._pieces = pieces
         self.result: GenerationResult | None = None
+        self.live_logprobs: list[Any] = []  # filled as the generation runs, when logprobs were asked for
         self.live_stats: GenerationStats | None = None  # filled as the generation runs (progress displays)
 
     def __iter__(self) -> GenerationStream:
@@ -62,6 +63,11 @@ class Generation:
     @property
     def stats(self) -> GenerationStats:
         return self.loop.stats
+
+    @property
+    def live_logprobs(self) -> list[Any]:
+        """The logprobs entries so far (when asked for), one per emitted token."""
+        return self.loop.logprobs
 
     @property
     def done(self) -> bool:
@@ -305,6 +311,7 @@ class SpeculativeGenerator:
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats
+        stream.live_logprobs = generation.loop.logprobs
         stream._pieces = self._pieces(generation, stream)
         return stream
 

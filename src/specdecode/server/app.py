@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .batching import BatchScheduler, batchable
 from .constraints import generation_options
-from .logprobs import chat_logprobs, completion_logprobs
+from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .worker import GenerationQueue, Job
@@ -343,21 +343,23 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             return {**head, "object": kind, "choices": [choice], "usage": _usage(job, len(prompt_ids))}
 
         queue.admit()  # refuse before the 200 is sent, not in-band
+        live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
+        start = live.start if live is not None else start
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> str:
             return f"data: {json.dumps({**head, 'object': chunk_kind, 'choices': choices, **extra})}\n\n"
 
-        def delta(piece: str | None, finish: str | None = None) -> dict[str, Any]:
+        def delta(piece: str | None, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
             if chat:
                 return {
                     "index": 0,
                     "delta": {} if piece is None else {"content": piece},
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": finish,
                 }
-            return {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "text": piece or "", "logprobs": logprobs, "finish_reason": finish}
 
         async def sse() -> AsyncIterator[str]:
             try:
@@ -374,7 +376,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                     )
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        yield event([delta(piece)])
+                        yield event([delta(piece, logprobs=live and await queue.call(live.take))])
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"
                 return
@@ -385,7 +387,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 return
             metrics.latency.observe(time.perf_counter() - job.arrived)
             usage = _usage(job, len(prompt_ids))
-            yield event([delta(None, _finish_reason(job))], usage=usage)
+            yield event([delta(None, _finish_reason(job), live and await queue.call(live.take))], usage=usage)
             if include_usage:
                 yield event([], usage=usage)
             yield "data: [DONE]\n\n"

@@ -81,10 +81,7 @@ def lltokenizer(tokenizer: Any, vocab: int, eos_ids: set[int]) -> Any:
     from ..backends.gguf_tokenizer import GGUFTokenizer
 
     if isinstance(tokenizer, GGUFTokenizer):
-        from llguidance.llamacpp import lltokenizer_from_vocab
-
-        width = max(vocab, tokenizer.vocab_size)
-        made = lltokenizer_from_vocab(tokenizer._vocab, n_vocab=width, eos_token=eos)
+        made = _gguf_lltokenizer(tokenizer, vocab, eos)
     else:
         from transformers import PreTrainedTokenizerFast
 
@@ -99,6 +96,34 @@ def lltokenizer(tokenizer: Any, vocab: int, eos_ids: set[int]) -> Any:
             made = llg.LLTokenizer(llg.TokenizerWrapper(_DecodedVocabulary(tokenizer, vocab, eos)))
     cache[key] = made
     return made
+
+
+def _gguf_lltokenizer(tokenizer: Any, vocab: int, eos: list[int] | None) -> Any:
+    """llguidance's tokenizer over a GGUF vocabulary: each token's bytes from llama.cpp (control tokens, and
+    user-defined ones that look like them, marked with 0xff), tokenising through llama.cpp itself. As
+    `llguidance.llamacpp.lltokenizer_from_vocab`, with llama.cpp's current attribute call."""
+    import ctypes
+
+    llg = _llguidance()
+    lib, handle = tokenizer._lib, tokenizer._vocab
+    size = 1024
+    buffer = ctypes.create_string_buffer(size + 1)
+    tokens: list[bytes] = []
+    for token in range(tokenizer.vocab_size):
+        n = lib.llama_token_to_piece(handle, token, buffer, size, 0, True)
+        if n < 0:
+            raise ValueError(f"token {token} of the GGUF vocabulary is longer than {size} bytes")
+        piece = bytes(buffer[:n])
+        attr = lib.llama_vocab_get_attr(handle, token)
+        if attr & lib.LLAMA_TOKEN_ATTR_CONTROL or (attr & lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+                                                   and piece.startswith(b"<") and piece.endswith(b">")):
+            piece = b"\xff" + piece
+        tokens.append(piece)
+    tokens += [b""] * (vocab - len(tokens))  # logits wider than the vocabulary (padding rows)
+    tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    eos_token = eos if eos else int(lib.llama_vocab_eos(handle))
+    return llg.LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=handle, tokenize_fptr=tokenize,
+                                         eos_token=eos_token, slices=None)
 
 
 class _DecodedVocabulary:
