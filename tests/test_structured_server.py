@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import subprocess
+import sys
+import time
 
 import httpx
 import openai
@@ -16,7 +19,7 @@ from specdecode import Constraint
 from specdecode.drafters import ModelDrafter
 from specdecode.models import load_model
 
-from .test_server import SPEC, _start, _stop
+from .test_server import SPEC, _free_port, _start, _stop
 from .tiny_models import save_pair
 
 pytest.importorskip("llguidance")
@@ -164,9 +167,22 @@ def test_constrained_requests_batched_on_llama_cpp(tmp_path):
 
     target = write_tiny_llama(tmp_path / "t.gguf", seed=0)
     draft = write_tiny_llama(tmp_path / "d.gguf", seed=0, scale=0.7)
-    proc, url = _start((str(target), f"ngram+{draft}"), "--parallel", "3", "--ctx-size", "512",
-                       "--no-kv-unified")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "specdecode.cli", "serve", "--target", str(target),
+                             "--draft", f"ngram+{draft}", "--port", str(port), "--parallel", "3",
+                             "--ctx-size", "512", "--served-model-name", "tiny", "--quiet",
+                             "--no-kv-unified"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert httpx.get(f"{url}/health", timeout=2).json()["slots"]["total"] == 3
         bodies = [{"prompt": f"Item {i}:", "max_tokens": 80, "temperature": 0 if i % 2 else 0.8, "seed": i,
                    "json_schema": SCHEMA, **SPEC} for i in range(6)]
 
