@@ -3,10 +3,12 @@
 Where the grammar leaves one way on (a JSON key, the punctuation around it, the rest of an enum value
 once its start is chosen), llguidance reports the forced tokens; they are proposed as a draft from the
 source "grammar", verified in one target call like any other draft, and (the target's masked
-distribution being one-hot on them) accepted. Elsewhere the wrapped drafter proposes; a deterministic
-proposal is cut at its first token the grammar forbids (that token would be rejected for certain, and
-with a one-hot q the residual there is the target's own distribution, so the cut changes nothing but
-the wasted rows). A model draft samples within the grammar itself (`DraftContext.grammar`).
+distribution being one-hot on them) accepted. The forced text's last bytes, which a longer token could
+also start (the ` "` before a string value), follow as their own tokens: likely, not certain.
+Elsewhere the wrapped drafter proposes; a deterministic proposal is cut at its first token the grammar
+forbids (that token would be rejected for certain, and with a one-hot q the residual there is the
+target's own distribution, so the cut changes nothing but the wasted rows). A model draft samples
+within the grammar itself (`DraftContext.grammar`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class GrammarDrafter:
             self.fallback.begin(sequence, ctx)
 
     def _forced(self) -> list[int]:
-        return self.matcher.forced() if self.use_forced else []
+        return self.matcher.forced_draft() if self.use_forced else []
 
     def source(self, sequence: list[int]) -> str:
         """"grammar" when the grammar forces the next tokens, else the fallback's source ("none" without)."""

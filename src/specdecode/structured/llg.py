@@ -231,3 +231,17 @@ class GrammarMatcher:
         if self.stopped:
             return []
         return list(self._matcher.compute_ff_tokens())
+
+    def forced_draft(self) -> list[int]:
+        """A draft of the text the grammar forces: its forced tokens, then the tokenisation of the forced
+        bytes they leave over (e.g. the ` "` opening a string value, which a longer token such as ` "Dr`
+        could also start: allowed, likely, not certain)."""
+        tokens = self.forced()
+        if self.stopped:
+            return tokens
+        data = bytes(self._matcher.compute_ff_bytes())
+        done = bytes(self.tokenizer.decode_bytes(tokens))
+        if len(data) > len(done) and data.startswith(done):
+            full = tokens + list(self.tokenizer.tokenize_bytes(data[len(done) :]))
+            tokens = full[: self.valid_prefix(full)]
+        return tokens
