@@ -199,3 +199,28 @@ def test_constrained_requests_batched_on_llama_cpp(tmp_path):
             _valid(text)
     finally:
         _stop(proc)
+
+
+def test_constrained_requests_never_calibrate(monkeypatch):
+    """Costs are measured at start-up only: constrained requests (forced tokens are a lookup source, with
+    longer blocks than a model draft's), with the draft model or without it, are served from them."""
+    from fastapi.testclient import TestClient
+
+    import specdecode.generator as generator_module
+    from specdecode.server import ServerSettings, create_app, warm_up
+    from specdecode.toy import tiny_llama_pair
+
+    calls = []
+    real = generator_module.calibrate
+    monkeypatch.setattr(generator_module, "calibrate", lambda *a: calls.append(a[2]) or real(*a))
+    target, draft = tiny_llama_pair()
+    gen = sd.SpeculativeGenerator(target, draft)
+    settings = ServerSettings("tiny", gamma="auto", gamma_max=4, lookup_gamma_max=8)
+    warm_up(gen, settings)
+    at_start = len(calls)
+    with TestClient(create_app(gen, settings)) as http:
+        for extra in ({}, {"speculative": {"draft": False}}):
+            res = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 30, "json_schema": SCHEMA,
+                                                     **extra})
+            assert res.status_code == 200, res.text
+    assert len(calls) == at_start, f"a request calibrated: {calls[at_start:]}"

@@ -120,11 +120,14 @@ class SpeculativeGenerator:
                 )
             check_pair(self.target, model)
 
-    def _costs(self, gamma_max: int, drafter: Any = None) -> CostModel:
-        """The measured costs auto-gamma works from (calibrated once per generator, cached on disk)."""
+    def _costs(self, gamma_max: int, drafter: Any = None, extend: bool = False) -> CostModel:
+        """The measured costs auto-gamma works from (calibrated once per generator, cached on disk).
+        extend: a curve measured for shorter blocks will do (extrapolated), when there is one."""
         costs = self._cost_models.get(gamma_max)
         if costs is None:  # a curve measured for longer blocks serves shorter ones too
             costs = next((c for k, c in sorted(self._cost_models.items()) if k >= gamma_max), None)
+        if costs is None and extend and self._cost_models:
+            costs = self._cost_models[max(self._cost_models)]
         if costs is None:
             costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter or drafter, gamma_max)
         return costs
@@ -208,7 +211,7 @@ class SpeculativeGenerator:
         drafter = self.drafter if drafter is None else drafter
         if prediction is not None:
             drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=drafter)
-        matcher = None
+        matcher, lookups = None, has_lookup_source(drafter)
         if constraint is not None:
             from .structured.drafter import GrammarDrafter
             from .structured.llg import GrammarMatcher
@@ -242,7 +245,8 @@ class SpeculativeGenerator:
                 generator.manual_seed(int(seed))
         policy = None
         if auto and drafter is not None:  # measures costs the first time: before the caches start
-            policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
+            # forced tokens are lookups: never a calibration for them alone (a server calibrates at start)
+            policy = AutoGamma(self._costs(int(gamma), drafter, extend=not lookups), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
         sequence = start_sequence(target, prompt_ids)
         # the draft reads the same sequence as the target: the smaller context window rules
