@@ -219,3 +219,24 @@ def test_gguf_vocabulary_on_llama_cpp(tmp_path):
             "Extract:", max_new_tokens=80, constraint=Constraint.json(schema), gamma=4)
         assert res.token_ids == plain.token_ids
         assert res.stats.drafted_by_source.get("grammar", 0) > 0
+
+
+def test_a_tool_call_wrapper_around_a_json_schema(pair):
+    """What `tool_choice: required` / a named function needs: the template's wrapper text around a JSON
+    object valid for the function's parameters, in one Lark grammar (llguidance's %json). (The character
+    vocabulary has no newline, so the wrapper here uses spaces.)"""
+    target, draft = pair
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6}},
+              "required": ["city"], "additionalProperties": False}
+    call = {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": params},
+            "required": ["name", "arguments"], "additionalProperties": False}
+    grammar = f'start: "<tool_call> " call " </tool_call>"\ncall: %json {json.dumps(call)}\n'
+    plain = sd.SpeculativeGenerator(target).generate("x", max_new_tokens=120, grammar_drafts=False,
+                                                     constraint=Constraint.grammar(grammar))
+    res = sd.SpeculativeGenerator(target, NgramDrafter()).generate("x", max_new_tokens=120, gamma=4,
+                                                                   constraint=Constraint.grammar(grammar))
+    assert res.text == plain.text and res.stats.finish_reason == "stop"
+    assert res.text.startswith("<tool_call> ") and res.text.endswith(" </tool_call>")
+    obj = json.loads(res.text[len("<tool_call> ") : -len(" </tool_call>")])
+    assert obj["name"] == "get_weather" and len(obj["arguments"]["city"]) <= 6
+    assert res.stats.target_calls < len(res.token_ids) // 2
