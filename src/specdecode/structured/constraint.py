@@ -19,6 +19,8 @@ class Constraint:
     by llguidance: Lark has a `start:` rule or a `%llguidance` line), or "regex".
     strict (JSON schemas): True refuses schema keywords the engine cannot enforce; False ignores them
     (OpenAI's strict=false: best effort on those keywords, the rest still enforced).
+    A JSON value inside other text (e.g. a tool call in a chat template's wrapper) is a Lark grammar using
+    llguidance's `%json`: 'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {schema}'.
     """
 
     kind: Kind
