@@ -196,9 +196,6 @@ def test_langchain_bind_tools_round_trip(server, model):
     assert merged.usage_metadata["output_tokens"] == len("Let me check.\n" + CALL) + 1
 
 
-@pytest.mark.xfail(reason="with_structured_output sends response_format json_schema, honoured once the "
-                   "grammar branch (issue 23 part 3) is merged; until then the server ignores it and the "
-                   "scripted model's prose around the JSON fails LangChain's parser", strict=False)
 def test_langchain_with_structured_output(server):
     langchain_openai = pytest.importorskip("langchain_openai")
     from typing import Literal

@@ -244,7 +244,7 @@ BAD_INPUTS = [
      "function": {"name": "f"}}]}, 400, "does not render tools"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"},
      400, "needs tools"),
-    ("/v1/completions", {"prompt": "hi", "logprobs": 3}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 9}, 400, "logprobs"),
     ("/v1/completions", {"prompt": "hi", "speculative": {"gamma": 0}}, 400, "gamma"),
     ("/v1/completions", {"prompt": "hi", "speculative": {"turbo": True}}, 400, "speculative.turbo"),
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "'gpt-4' is not served here"),

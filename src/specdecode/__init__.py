@@ -7,11 +7,13 @@ from .models import load_model, wrap
 from .protocol import CausalLM
 from .results import GenerationResult, GenerationStats
 from .sampling import SamplingParams, adjusted_probs
+from .structured import Constraint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CausalLM",
+    "Constraint",
     "GenerationResult",
     "GenerationStats",
     "GenerationStream",

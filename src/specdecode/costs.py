@@ -64,7 +64,7 @@ def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
                       threads=getattr(target, "n_threads", None))
     # only models loaded from a path or id have a stable name; in-process ones are measured every time
     named = all(isinstance(n, str) and ("/" in n or os.sep in n) for n in names
-                if n not in ("ngram", "prediction"))
+                if n not in ("ngram", "prediction", "grammar"))
     if named:
         cached = load_calibration(path, key)
         if cached is not None and max(cached.target_s) >= gamma_max + 1:

@@ -34,6 +34,7 @@ class DraftContext:
     device: torch.device
     stats: Any  # GenerationStats: drafters add their calls and processed tokens
     reuse: bool = False  # a draft model may keep the prefix of the prompt its cache already holds
+    grammar: Any = None  # the generation's GrammarMatcher: a model draft samples within the grammar too
 
 
 @runtime_checkable
@@ -96,9 +97,17 @@ class ModelDrafter:
             ctx.stats.draft_catchup_s += time.perf_counter() - start
             feed = feed[:, -1:]
         tokens, qs = [], []
+        grammar, walked = ctx.grammar, 0
         for i in range(gamma):
             logits = self._forward(feed).to(ctx.device)
             ctx.stats.draft_calls += 1
+            if grammar is not None:  # q within the grammar: tokens the target would reject are never drafted
+                if grammar.stopped:
+                    break
+                logits = logits[:, : ctx.vocab]
+                logits = logits if logits.dtype == torch.float64 else logits.float()
+                allowed = grammar.allowed()[: logits.shape[-1]].to(logits.device)
+                logits = logits.masked_fill(~allowed, float("-inf"))
             greedy = ctx.params.greedy
             q = None if greedy else adjusted_probs(logits[:, : ctx.vocab], ctx.params)
             if self.threshold > 0 and self._confidence(logits, q) < self.threshold:
@@ -112,8 +121,13 @@ class ModelDrafter:
                 token = torch.multinomial(q, 1, generator=ctx.generator)
                 qs.append(q)
             tokens.append(token)
+            if grammar is not None:
+                grammar.consume([int(token)])
+                walked += 1
             if i + 1 < gamma:
                 feed = token.view(1, 1)
+        if grammar is not None:
+            grammar.rollback(walked)
         if not tokens:
             empty = torch.empty(0, dtype=torch.long, device=ctx.device)
             return empty, torch.empty(0, ctx.vocab, device=ctx.device)

@@ -18,9 +18,16 @@ import torch
 from . import acceptance
 from .drafters import DraftContext, Drafter, draft_models, draft_source, one_hot
 from .gamma import AutoGamma, BatchLoad, is_lookup
+from .logprobs import TokenLogprob, token_logprobs
+from .penalties import Penalties
 from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
+
+
+def _floating(logits: torch.Tensor) -> torch.Tensor:
+    """float64 logits as they are, anything else as float32 (as `adjusted_probs` computes)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def _sync(device: torch.device) -> None:
@@ -34,6 +41,12 @@ class DecodeLoop:
     The caller sets stop conditions on the token level here (EOS ids, token budget); stop strings are
     handled by the text layer, which simply stops iterating. `stats` is filled as it goes and completed
     when the iterator ends or is closed.
+
+    grammar (a `structured.llg.GrammarMatcher`): the target's logits at every verified position are masked
+    to what the grammar allows after the tokens before it, so a draft token outside the grammar is
+    always rejected; the generation ends when the grammar is complete. penalties: applied per position
+    likewise. logprobs (None: off; k: the top k alternatives too): `self.logprobs` gets one entry per
+    emitted token, from the processed logits of the verify call.
     """
 
     def __init__(
@@ -47,8 +60,16 @@ class DecodeLoop:
         prompt_ids: list[int] | None = None,
         policy: AutoGamma | None = None,
         reuse: bool = False,
+        grammar: Any = None,
+        penalties: Penalties | None = None,
+        logprobs: int | None = None,
     ) -> None:
         self.target, self.drafter, self.params = target, drafter, params
+        self.grammar = grammar
+        self.penalties = penalties if penalties is not None and penalties.active else None
+        self.top_logprobs = logprobs
+        self.logprobs: list[TokenLogprob] = []
+        self._rows: torch.Tensor | None = None  # the processed logits of the last verify (for logprobs)
         self.gamma = gamma if drafter is not None else 0
         self.generator = generator
         self.eos = eos_token_ids
@@ -73,10 +94,25 @@ class DecodeLoop:
         self.stats.draft_s += time.perf_counter() - start
         return tokens, q
 
+    def _process(self, logits: torch.Tensor, draft_tokens: torch.Tensor) -> torch.Tensor:
+        """The target's logits [gamma+1, V] as plain decoding would use them at each position of the block:
+        penalties from the tokens before it, then the grammar's mask (-inf outside). Never in place."""
+        if self.penalties is None and self.grammar is None:
+            return logits
+        draft = draft_tokens.tolist()
+        if self.penalties is not None:
+            logits = self.penalties.apply(logits, self.seq, self.generated, draft)
+        if self.grammar is not None:
+            allowed, _ = self.grammar.block_masks(draft)
+            logits = _floating(logits).masked_fill(~allowed.to(logits.device), float("-inf"))
+        return logits
+
     def _verify(self, logits: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Accepted count [1], next token [1] and the summed overlap sum(min(p, q)) of the draft positions."""
         gamma = draft_tokens.shape[0]
+        logits = self._process(logits, draft_tokens)
+        self._rows = logits if self.top_logprobs is not None else None
         if self.params.greedy:  # p is one-hot at the argmax: no vocabulary-wide tensors needed
             best = logits.float().argmax(-1)
             n_acc, nxt = acceptance.verify_greedy(best.unsqueeze(0), draft_tokens.unsqueeze(0))
@@ -100,13 +136,14 @@ class DecodeLoop:
         self._beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._wall_start = time.perf_counter()
         self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int] | None = None
+        self.logprobs.clear()  # in place: a stream reads this list as it grows
         self.stats.finish_reason = ""
 
     def begin_drafter(self) -> None:
         """Start the drafter on the sequence (its model, if any, is fed lazily by its first proposal)."""
         if self.drafter is not None and self.gamma > 0:
             ctx = DraftContext(self.params, list(self.prompt_ids or self.seq), self.generator, self.vocab,
-                               self.device, self.stats, self.reuse)
+                               self.device, self.stats, reuse=self.reuse, grammar=self.grammar)
             self.drafter.begin(list(self.seq), ctx)
 
     def prefill(self) -> None:
@@ -197,12 +234,20 @@ class DecodeLoop:
         eos_at = next((i for i, t in enumerate(new) if t in self.eos), None)
         if eos_at is not None:
             new = new[: eos_at + 1]
+        grammar_done = False
+        if self.grammar is not None:  # the output ends where the grammar is complete
+            new = new[: self.grammar.consume(new)]
+            grammar_done = self.grammar.stopped
+        if self._rows is not None:
+            assert self.top_logprobs is not None
+            self.logprobs += token_logprobs(self._rows, new, self.top_logprobs)
+            self._rows = None
         self.seq.extend(new)
         if drafter is not None and self.gamma > 0:
             drafter.commit(self.seq)
         self.generated += len(new)
         stats.new_tokens = self.generated
-        if eos_at is not None:
+        if eos_at is not None or grammar_done:
             stats.finish_reason, self.done = "stop", True
         elif self.generated >= self.max_new_tokens:
             stats.finish_reason, self.done = "length", True

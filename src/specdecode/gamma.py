@@ -100,7 +100,7 @@ class CostModel:
 
 
 LOOKUP_S = 1e-5  # a token lookup (n-gram source) costs next to nothing next to a model call
-LOOKUP_SOURCES = ("ngram", "prediction")  # sources whose drafts cost (next to) nothing
+LOOKUP_SOURCES = ("ngram", "prediction", "grammar")  # sources whose drafts cost (next to) nothing
 
 
 def is_lookup(source: str) -> bool:
@@ -153,8 +153,9 @@ class AutoGamma:
     gamma_max: int = 8  # the longest block for a model draft
     lookup_gamma_max: int = 8  # the longest block for a lookup source (n-gram, prediction)
     alpha: float = 0.6  # prior until a source's first verified position
-    # priors per source: a prediction is the user's own guess of the output, usually right
-    priors: dict[str, float] = field(default_factory=lambda: {"prediction": 0.9})
+    # priors per source: a prediction is the user's own guess of the output, usually right; tokens a
+    # grammar forces are the only ones the target may emit there
+    priors: dict[str, float] = field(default_factory=lambda: {"prediction": 0.9, "grammar": 0.99})
     decay: float = 0.8  # weight of the past in the running alpha
     probe_every: int = 8
     max_probe_every: int = 256

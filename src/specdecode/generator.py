@@ -11,7 +11,9 @@ from .costs import calibrate
 from .drafters import as_drafter, draft_models, has_lookup_source
 from .engine import DecodeLoop
 from .gamma import AutoGamma, CostModel
+from .logprobs import check_top
 from .models import as_model, check_pair
+from .penalties import Penalties
 from .prediction import PredictionDrafter
 from .protocol import start_sequence
 from .results import GenerationResult, GenerationStats
@@ -31,6 +33,7 @@ class GenerationStream:
     def __init__(self, pieces: Iterator[Any]) -> None:
         self._pieces = pieces
         self.result: GenerationResult | None = None
+        self.live_logprobs: list[Any] = []  # filled as the generation runs, when logprobs were asked for
         self.live_stats: GenerationStats | None = None  # filled as the generation runs (progress displays)
 
     def __iter__(self) -> GenerationStream:
@@ -62,6 +65,11 @@ class Generation:
         return self.loop.stats
 
     @property
+    def live_logprobs(self) -> list[Any]:
+        """The logprobs entries so far (when asked for), one per emitted token."""
+        return self.loop.logprobs
+
+    @property
     def done(self) -> bool:
         return self.loop.done or self.text.stopped
 
@@ -87,7 +95,9 @@ class Generation:
         if self.result is None:
             self.loop.end()
             self.loop.stats.count(len(self.text.token_ids))
-            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats)
+            logprobs = self.loop.logprobs[: len(self.text.token_ids)] if self.loop.top_logprobs is not None \
+                else None
+            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats, logprobs)
         return self.result
 
 
@@ -110,11 +120,14 @@ class SpeculativeGenerator:
                 )
             check_pair(self.target, model)
 
-    def _costs(self, gamma_max: int, drafter: Any = None) -> CostModel:
-        """The measured costs auto-gamma works from (calibrated once per generator, cached on disk)."""
+    def _costs(self, gamma_max: int, drafter: Any = None, extend: bool = False) -> CostModel:
+        """The measured costs auto-gamma works from (calibrated once per generator, cached on disk).
+        extend: a curve measured for shorter blocks will do (extrapolated), when there is one."""
         costs = self._cost_models.get(gamma_max)
         if costs is None:  # a curve measured for longer blocks serves shorter ones too
             costs = next((c for k, c in sorted(self._cost_models.items()) if k >= gamma_max), None)
+        if costs is None and extend and self._cost_models:
+            costs = self._cost_models[max(self._cost_models)]
         if costs is None:
             costs = self._cost_models[gamma_max] = calibrate(self.target, self.drafter or drafter, gamma_max)
         return costs
@@ -157,6 +170,13 @@ class SpeculativeGenerator:
         target: Any = None,
         drafter: Any = None,
         cache_prompt: bool = True,
+        constraint: Any = None,
+        grammar_drafts: bool = True,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        logprobs: int | None = None,
     ) -> Generation:
         """A generation to advance step by step (what `stream` runs; a batching server drives several).
 
@@ -179,12 +199,32 @@ class SpeculativeGenerator:
         (the previous generation's prompt and output, or any sequence a server's prefix cache holds), so
         a growing chat reads only its new tokens; `stats.cached_tokens` says how many were reused. The
         output is what a fresh read gives, up to floating-point noise; False reads the whole prompt.
+        constraint: a `specdecode.Constraint` (JSON schema, any JSON object, GBNF/Lark grammar, regex): the
+        output is drawn from the target's distribution restricted to it and renormalised at each step
+        (before temperature and the filters), and ends when it is complete. grammar_drafts: the tokens
+        the grammar forces are drafted for free (the output is the same either way).
+        presence_penalty, frequency_penalty (OpenAI, over the generated tokens), repeat_penalty and
+        repeat_last_n (llama.cpp, over the sequence's last tokens): see `specdecode.penalties`.
+        logprobs: None, or the number (0..20) of top alternatives to report with each token's
+        log-probability
+        (`result.logprobs`, see `specdecode.logprobs`).
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
+        check_top(logprobs)
         target = self.target if target is None else target
         drafter = self.drafter if drafter is None else drafter
         if prediction is not None:
             drafter = PredictionDrafter(self._prediction_ids(prediction), fallback=drafter)
+        matcher, lookups = None, has_lookup_source(drafter)
+        if constraint is not None:
+            from .structured.drafter import GrammarDrafter
+            from .structured.llg import GrammarMatcher
+
+            eos_ids = set(getattr(target, "eos_token_ids", set()) or set())
+            matcher = GrammarMatcher(constraint, self.tokenizer, int(target.vocab_size), eos_ids)
+            if grammar_drafts or drafter is not None:
+                drafter = GrammarDrafter(drafter, matcher, forced=grammar_drafts)
         auto = gamma == "auto"
         if auto:
             for label, value in (("gamma_max", gamma_max), ("lookup_gamma_max", lookup_gamma_max)):
@@ -210,7 +250,8 @@ class SpeculativeGenerator:
                 generator.manual_seed(int(seed))
         policy = None
         if auto and drafter is not None:  # measures costs the first time: before the caches start
-            policy = AutoGamma(self._costs(int(gamma), drafter), gamma_max=gamma_max,
+            # forced tokens are lookups: never a calibration for them alone (a server calibrates at start)
+            policy = AutoGamma(self._costs(int(gamma), drafter, extend=not lookups), gamma_max=gamma_max,
                                lookup_gamma_max=lookup_gamma_max)
         sequence = start_sequence(target, prompt_ids, reuse=cache_prompt)
         # the draft reads the same sequence as the target: the smaller context window rules
@@ -234,7 +275,9 @@ class SpeculativeGenerator:
                 model_limit = getattr(model, "max_length", None)
                 model.reserve(min(room, model_limit) if model_limit else room)
         eos = set(getattr(target, "eos_token_ids", set()) or set())
-        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy, cache_prompt)
+        loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy,
+                          reuse=cache_prompt,
+                          grammar=matcher, penalties=penalties, logprobs=logprobs)
         loop.stats.prompt_tokens = len(prompt_ids)
         loop.stats.cached_tokens = int(target.length)
         return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
@@ -274,10 +317,12 @@ class SpeculativeGenerator:
         """Stream a completion as text pieces (`tokens=True`: lists of token ids).
 
         Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
-        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, cache_prompt)."""
+        lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, cache_prompt, constraint,
+        grammar_drafts, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, logprobs)."""
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats
+        stream.live_logprobs = generation.loop.logprobs
         stream._pieces = self._pieces(generation, stream)
         return stream
 

@@ -92,11 +92,13 @@ class GenerationStats:
 
 @dataclass
 class GenerationResult:
-    """The new tokens only (prompt excluded), their decoded text ("" without a tokenizer) and stats."""
+    """The new tokens only (prompt excluded), their decoded text ("" without a tokenizer) and stats;
+    `logprobs` (when asked for): one `TokenLogprob` per token."""
 
     token_ids: list[int]
     text: str
     stats: GenerationStats
+    logprobs: list[Any] | None = None
 
     @property
     def finish_reason(self) -> str:

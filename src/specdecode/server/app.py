@@ -18,7 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..structured import Constraint
 from .batching import BatchScheduler, batchable
+from .constraints import generation_options
+from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
 from .replies import StreamShaper, choice, tool_use_for
@@ -281,8 +284,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                            "context_length_exceeded")
         return list(ids)
 
-    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None
-                 ) -> Any:
+    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
+                 options: dict[str, Any] | None = None) -> Any:
         spec = body.speculative
         use = gen if spec is None or spec.draft else plain
         gamma = spec.gamma if spec is not None and spec.gamma is not None else settings.gamma
@@ -304,6 +307,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             lookup_gamma_max=lookup_gamma_max,
             prediction=prediction,
             cache_prompt=settings.prefix_cache and body.cache_prompt is not False,
+            **(options or {}),  # structured output, penalties, logprobs (server.constraints)
         )
 
         def start(bind: Any = None) -> Any:
@@ -319,6 +323,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     async def _serve(request: Request, body: _Common, chat: bool) -> Any:
         body.unsupported()
+        options = generation_options(body, chat)
         _check_model(body)
         job = Job(arrived=time.perf_counter())
         tool_use = None
@@ -336,11 +341,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         job.prompt_tokens = len(prompt_ids)
         prediction = await _prediction_ids(body)
         job.predicted = prediction is not None
-        # TODO(grammar merge): when tool_use.grammar is set (tool_choice required or a named function),
-        # pass it to the constraint API of server/constraints.py so the call is enforced token by token
-        # (llguidance); until then such a request is served like `auto` with only the allowed functions
-        # offered, and a reply that is not a call comes back as text (finish_reason stop).
-        start = _starter(body, prompt_ids, budget, prediction)
+        if tool_use is not None and tool_use.grammar is not None:  # tool_choice required or a named function
+            if "constraint" in options:
+                raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
+                               "response_format, grammar or json_schema", "tool_choice")
+            options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
+        start = _starter(body, prompt_ids, budget, prediction, options)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
@@ -354,10 +360,16 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                     text.append(piece)
             metrics.latency.observe(time.perf_counter() - job.arrived)
             kind = "chat.completion" if chat else "text_completion"
-            reply = choice(chat, "".join(text), _finish_reason(job), tool_use)
+            logprobs = None
+            if job.result is not None and job.result.logprobs is not None:
+                shape = chat_logprobs if chat else completion_logprobs
+                logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
+            reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
             return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
 
         queue.admit()  # refuse before the 200 is sent, not in-band
+        live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
+        start = live.start if live is not None else start
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         shaper = StreamShaper(chat, head, tool_use)
 
@@ -367,7 +379,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                     yield event
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        for event in shaper.piece(piece):
+                        for event in shaper.piece(piece, live and await queue.call(live.take)):
                             yield event
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"
@@ -378,7 +390,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
             if job.cancelled:
                 return
             metrics.latency.observe(time.perf_counter() - job.arrived)
-            for event in shaper.end(_finish_reason(job), _usage(job, len(prompt_ids)), include_usage):
+            last = live and await queue.call(live.take)
+            for event in shaper.end(_finish_reason(job), _usage(job, len(prompt_ids)), include_usage, last):
                 yield event
 
         return StreamingResponse(

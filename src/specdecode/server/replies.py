@@ -37,9 +37,10 @@ def tool_use_for(body: ChatCompletionRequest, tokenizer: Any) -> ToolUse | None:
     return ToolUse(parser, allowed, body.parallel_tool_calls, grammar)
 
 
-def choice(chat: bool, text: str, finish: str, tool_use: ToolUse | None) -> dict[str, Any]:
-    """The one `choices` entry of a whole (not streamed) response."""
-    out: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+def choice(chat: bool, text: str, finish: str, tool_use: ToolUse | None, logprobs: Any = None
+           ) -> dict[str, Any]:
+    """The one `choices` entry of a whole (not streamed) response (`logprobs`: already in OpenAI's shape)."""
+    out: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
     if not chat:
         return {**out, "text": text}
     message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -62,23 +63,26 @@ class StreamShaper:
     def event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**self.head, 'object': self.kind, 'choices': choices, **extra})}\n\n"
 
-    def _delta(self, delta: dict[str, Any] | str, finish: str | None = None) -> dict[str, Any]:
+    def _delta(self, delta: dict[str, Any] | str, finish: str | None = None, logprobs: Any = None
+               ) -> dict[str, Any]:
         if self.chat:
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}
 
     def start(self) -> list[str]:
         return [self.event([self._delta({"role": "assistant", "content": ""})])] if self.chat else []
 
-    def piece(self, piece: str) -> list[str]:
-        """The events for a piece of generated text (none while a tool call is being held)."""
+    def piece(self, piece: str, logprobs: Any = None) -> list[str]:
+        """The events for a piece of generated text (none while a tool call is being held); `logprobs`:
+        its tokens' entries in OpenAI's shape, when asked for."""
         if self.tools is not None:
             piece = self.tools.feed(piece)
             if not piece:
                 return []
-        return [self.event([self._delta({"content": piece} if self.chat else piece)])]
+        return [self.event([self._delta({"content": piece} if self.chat else piece, None, logprobs)])]
 
-    def end(self, finish: str, usage: dict[str, Any], include_usage: bool) -> list[str]:
+    def end(self, finish: str, usage: dict[str, Any], include_usage: bool, logprobs: Any = None
+            ) -> list[str]:
         """The held text or the tool calls, the finish chunk, the usage chunk if asked for, [DONE]."""
         events = []
         if self.tools is not None:
@@ -89,7 +93,7 @@ class StreamShaper:
                 events.append(self.event([self._delta({"tool_calls": [call.openai(index=i)]})]))
             if calls:
                 finish = "tool_calls"
-        events.append(self.event([self._delta({} if self.chat else "", finish)]))
+        events.append(self.event([self._delta({} if self.chat else "", finish, logprobs)]))
         if include_usage:  # OpenAI sends usage once, in a last chunk with no choices
             events.append(self.event([], usage=usage))
         return [*events, "data: [DONE]\n\n"]

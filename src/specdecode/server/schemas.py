@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI-compatible endpoints, validated, and their OpenAI-shaped errors.
 
 Fields OpenAI defines and we honour are typed and range-checked; fields OpenAI defines that we cannot
-honour yet (n > 1, logprobs, echo, penalties, logit_bias) are refused with a 400 naming them
-rather than silently ignored. Unknown extra fields are ignored, as clients send many.
+honour yet (n > 1, echo, logit_bias) are refused with a 400 naming them rather than silently ignored.
+Unknown extra fields are ignored, as clients send many. Structured output, penalties and logprobs are
+turned into generation options by `server.constraints`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ class Prediction(BaseModel):
         return "".join(parts)
 
 
+class JSONSchemaFormat(BaseModel):
+    """`response_format.json_schema`: {"name", "description", "schema", "strict"}."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = False
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: {"type": "text" | "json_object" | "json_schema", "json_schema": ...}."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class _Common(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -115,11 +136,18 @@ class _Common(BaseModel):
     prediction: Prediction | None = None
     user: str | None = None
     cache_prompt: bool | None = None  # llama-server's: false reads the whole prompt (no prefix reuse)
-    # defined by OpenAI, not supported yet: refused unless left at their neutral values
+    # structured output (server.constraints): OpenAI's response_format, llama-server's grammar / json_schema
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    # penalties (OpenAI's; llama-server's repeat_penalty and repeat_last_n) and logprobs
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repeat_penalty: float | None = Field(None, gt=0.0)
+    repeat_last_n: int | None = Field(None, ge=0)
+    # defined by OpenAI, not supported yet: refused unless left at its neutral value
     logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
@@ -139,13 +167,7 @@ class _Common(BaseModel):
                 "; send n=1 and one request per choice (concurrent requests are batched)",
                 "n",
             )
-        checks = [
-            ("logprobs", self.logprobs not in (None, False, 0)),
-            ("top_logprobs", bool(self.top_logprobs)),
-            ("presence_penalty", self.presence_penalty != 0),
-            ("frequency_penalty", self.frequency_penalty != 0),
-            ("logit_bias", bool(self.logit_bias)),
-        ]
+        checks = [("logit_bias", bool(self.logit_bias))]
         for name, used in checks:
             if used:
                 raise APIError(400, f"{name} is not supported by this server yet; leave it out", name)
