@@ -50,8 +50,10 @@ def test_edit_is_exact_and_uses_the_prediction(source, capsys):
     report = json.loads(out)
     assert code in (0, 1)  # 1 only if the small model ran past the budget
     stats, cmp = report["stats"], report["compare"]
-    assert stats["accepted_prediction_tokens"] > 20, "the file's text should come from the prediction"
-    assert stats["target_calls"] < 0.75 * stats["new_tokens"], "predicted blocks were accepted"
+    # SmolLM2-135M copies only part of the file once the instruction follows it (the layout that lets a
+    # prompt cache reuse the file across instructions); the built-in 1.5B returns the whole file
+    assert stats["accepted_prediction_tokens"] > 10, "the file's text should come from the prediction"
+    assert stats["target_calls"] < 0.8 * stats["new_tokens"], "predicted blocks were accepted"
     assert cmp["identical"] or cmp["divergence"]["top2_margin"] <= 0.75  # llama.cpp near-tie margin
     assert report["diff"] == unified_diff(make_task(source, "x"), report["text"])
     assert source.read_text() == SOURCE  # no --write: untouched

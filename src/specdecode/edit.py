@@ -64,7 +64,8 @@ def make_task(path: str | os.PathLike[str], instruction: str, max_bytes: int = M
     fenced = f"```{language}\n{original}{'' if original.endswith(chr(10)) else chr(10)}```"
     # the file before the instruction: edits of one file with different instructions share the prompt up to
     # the instruction, so a prompt cache (--prompt-cache, a server's prefix cache) reads the file once
-    user = f"File `{p.name}`:\n\n{fenced}\n\nInstruction: {instruction.strip()}"
+    user = (f"File `{p.name}`:\n\n{fenced}\n\nInstruction: {instruction.strip()}\n\nReply with the complete "
+            "updated file in one fenced code block.")
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     return EditTask(p, original, instruction.strip(), language, messages, fenced)
 
