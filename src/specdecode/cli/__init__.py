@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 EXTRAS = {"fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "matplotlib": "bench",
-          "gguf": "gguf", "accelerate": "gguf", "llama_cpp": "llamacpp"}
+          "gguf": "gguf", "accelerate": "gguf", "llama_cpp": "llamacpp", "ray": "cluster"}
 
 
 def missing_extra(exc: ImportError) -> str:

@@ -42,12 +42,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import os
-
-    from ..generator import SpeculativeGenerator
-    from ..server import ServerSettings, run_server
-
+def check_serve_args(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first `serve` option out of range."""
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_waiting < 1 or (args.default_max_tokens is not None and args.default_max_tokens < 1):
@@ -58,17 +54,44 @@ def _serve(args: argparse.Namespace) -> int:
     if args.parallel < 1 or (args.ctx_size is not None and args.ctx_size < 16) or args.prefill_chunk < 1:
         raise ValueError("--parallel and --prefill-chunk must be >= 1 and --ctx-size >= 16, got "
                          f"{args.parallel}, {args.prefill_chunk} and {args.ctx_size}")
+    if getattr(args, "replicas", 0) < 0:
+        raise ValueError(f"--replicas must be >= 0, got {args.replicas}")
+
+
+def server_settings(args: argparse.Namespace) -> Any:
+    """The `ServerSettings` the `serve` options ask for."""
+    import os
+
+    from ..server.settings import ServerSettings
+
+    return ServerSettings(args.served_model_name or args.target, gamma=args.gamma,
+                          gamma_max=args.gamma_max, lookup_gamma_max=args.lookup_gamma_max,
+                          api_key=args.api_key or os.environ.get("SPECDECODE_API_KEY") or None,
+                          max_waiting=args.max_waiting, default_max_tokens=args.default_max_tokens,
+                          parallel=args.parallel, ctx_size=args.ctx_size,
+                          prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
+                          prefix_cache=args.prefix_cache, cache_tokens=args.cache_tokens,
+                          cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin)
+
+
+def load_generator(args: argparse.Namespace) -> Any:
+    """The `SpeculativeGenerator` of the target and draft the options name."""
+    from ..generator import SpeculativeGenerator
+
     target = _load(args, args.target, "target")
-    gen = SpeculativeGenerator(target, _drafter(args, _draft_name(args)))
-    settings = ServerSettings(args.served_model_name or args.target, gamma=args.gamma,
-                              gamma_max=args.gamma_max, lookup_gamma_max=args.lookup_gamma_max,
-                              api_key=args.api_key or os.environ.get("SPECDECODE_API_KEY") or None,
-                              max_waiting=args.max_waiting, default_max_tokens=args.default_max_tokens,
-                              parallel=args.parallel, ctx_size=args.ctx_size,
-                              prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
-                              prefix_cache=args.prefix_cache, cache_tokens=args.cache_tokens,
-                              cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin)
-    run_server(gen, settings, args.host, args.port, quiet=args.quiet)
+    return SpeculativeGenerator(target, _drafter(args, _draft_name(args)))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    check_serve_args(args)
+    if getattr(args, "replicas", 0) > 0:  # a Ray Serve cluster: needs the `cluster` extra
+        from ..cluster.launch import run_cluster
+
+        return run_cluster(args)
+    from ..server import run_server
+
+    gen = load_generator(args)
+    run_server(gen, server_settings(args), args.host, args.port, quiet=args.quiet)
     return 0
 
 

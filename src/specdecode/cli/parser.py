@@ -165,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="a browser origin (e.g. https://app.example) allowed to call the API besides "
                      "loopback pages and the server's own; repeatable; '*' allows any (default: any when "
                      "--api-key is set)")
+    srv.add_argument("--replicas", type=int, default=0,
+                     help="serve from N engine replicas on Ray Serve (each loads the model pair; requests "
+                     "sharing a long prompt prefix go to the replica holding it). Starts a local Ray "
+                     "instance, or joins the one RAY_ADDRESS names; needs the 'cluster' extra (default 0: "
+                     "one process, no Ray)")
+    srv.add_argument("--routing", choices=["affinity", "random"], default="affinity",
+                     help="with --replicas: 'affinity' sends a request whose prompt shares a long prefix "
+                     "with an earlier one to the replica that read it, while load allows (default); "
+                     "'random' is Ray Serve's default power of two choices")
     srv.add_argument("--quiet", action="store_true", help="no progress bars, status lines or access log")
 
     models = sub.add_parser("models", help="list or fetch the built-in models")

@@ -1,129 +1,58 @@
-"""The OpenAI-compatible HTTP API over a `SpeculativeGenerator`: completions, chat, models, health, metrics.
+"""The OpenAI-compatible HTTP API: completions, chat, models, tokenize, health, metrics.
 
 Responses follow OpenAI's shapes (ids, `object`, `choices`, `finish_reason`, server-sent events ending
 in `data: [DONE]`); `usage` also carries our speculation stats. Errors use OpenAI's error shape.
+
+`create_api` builds the app over an engine: in one process the `RequestHandler` of one generator
+(`create_app`), in a Ray Serve cluster the replicas behind the ingress (`specdecode.cluster`). Both
+serve exactly these routes, middleware and error shapes.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import secrets
-import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from ..structured import Constraint
-from .batching import BatchScheduler, batchable
-from .constraints import generation_options
-from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
+from .handling import COMPLETIONS_DEFAULT_MAX_TOKENS, Reply, RequestHandler, internal_error
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
-from .replies import StreamShaper, choice, tool_use_for
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
-from .worker import GenerationQueue, Job
+from .settings import DEFAULT_CACHE_RAM_MIB, DEFAULT_CACHE_TOKENS, ServerSettings
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
-DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
-# the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
-# the KV buffer, where every parked position slows every decode step (2048 parked: 1.09x a step's time)
-DEFAULT_CACHE_TOKENS = 0
-DEFAULT_CACHE_RAM_MIB = 4096
-
-log = logging.getLogger("specdecode.server")
+__all__ = ["COMPLETIONS_DEFAULT_MAX_TOKENS", "DEFAULT_CACHE_RAM_MIB", "DEFAULT_CACHE_TOKENS", "AuthAndCount",
+           "Engine", "ServerSettings", "create_api", "create_app"]
 
 
-class ServerSettings:
-    """What `specdecode serve` was started with."""
+class Engine(Protocol):
+    """What the HTTP app serves from: one `RequestHandler`, or the replicas of a cluster."""
 
-    def __init__(
-        self,
-        model_name: str,
-        gamma: int | str = "auto",
-        gamma_max: int = 8,
-        api_key: str | None = None,
-        max_waiting: int = 64,
-        default_max_tokens: int | None = None,
-        lookup_gamma_max: int = 32,
-        parallel: int = 1,
-        ctx_size: int | None = None,
-        prefill_chunk: int = 256,
-        kv_unified: bool = True,
-        cors_origins: list[str] | None = None,
-        prefix_cache: bool = True,
-        cache_tokens: int = DEFAULT_CACHE_TOKENS,
-        cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
-    ) -> None:
-        self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
-        # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
-        # context), prompt tokens fed per step
-        self.parallel, self.ctx_size, self.prefill_chunk = parallel, ctx_size, prefill_chunk
-        self.kv_unified = kv_unified
-        # the prefix cache: on or off, KV positions kept for finished requests, host RAM for evicted ones
-        self.prefix_cache, self.cache_tokens, self.cache_ram_mib = prefix_cache, cache_tokens, cache_ram_mib
-        self.lookup_gamma_max = lookup_gamma_max
-        # default_max_tokens: a chat completion's limit when the request sets none (None: the context's end)
-        self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
-        self.cors_origins = list(cors_origins or [])  # browser origins allowed besides loopback and our own
+    async def complete(self, body: _Common, chat: bool, request: Request) -> Reply: ...
+    async def tokenize(self, body: Any) -> dict[str, Any]: ...
+    async def detokenize(self, body: Any) -> dict[str, Any]: ...
+    async def health(self) -> tuple[int, dict[str, Any]]: ...
+    async def model_card(self) -> dict[str, Any]: ...
+    async def metrics_text(self) -> bytes: ...
+    def close(self) -> None: ...
 
 
-def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
-    stats = job.result.stats if job.result is not None else None
-    completion = stats.new_tokens if stats else 0
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens if stats else 0},
-    }
-    if stats is not None:
-        usage.update(
-            {
-                "acceptance_rate": round(stats.acceptance_rate, 4),
-                "tokens_per_target_call": round(stats.mean_tokens_per_target_call, 4),
-                "target_calls": stats.target_calls,
-                "draft_tokens": stats.drafted,
-                "draft_tokens_accepted": stats.accepted,
-                "gamma_histogram": {str(g): n for g, n in stats.gamma_histogram.items()},
-                "queue_s": round((job.started or job.arrived) - job.arrived, 4),
-                "prefill_s": round(stats.prefill_s, 4),
-                "target_s": round(stats.target_s, 4),
-                "draft_s": round(stats.draft_s, 4),
-                "decode_tokens_per_s": round(stats.decode_tokens_per_s, 3),
-            }
-        )
-        if job.predicted:  # OpenAI's Predicted Outputs counts
-            usage["completion_tokens_details"] = {
-                "accepted_prediction_tokens": stats.accepted_prediction_tokens,
-                "rejected_prediction_tokens": stats.rejected_prediction_tokens,
-            }
-    return usage
+class LocalEngine:
+    """The engine of a single-process server: its `RequestHandler`, told of disconnects by the request."""
 
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+        self.tokenize, self.detokenize = handler.tokenize, handler.detokenize
+        self.health, self.model_card = handler.health, handler.model_card
+        self.metrics_text = handler.metrics_text
+        self.close = handler.close
 
-def _internal_error(request_id: str, exc: BaseException | None = None) -> APIError:
-    """A 500 for the client (a generic message and the request id) whose details go to the server log."""
-    log.error("request %s failed", request_id, exc_info=exc if exc is not None else True)
-    return APIError(500, f"internal error while generating (request id {request_id}); the server log has "
-                    "the details", code="internal_error")
-
-
-def _template_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a chat template raises for messages it refuses (the client's fault: a 400)."""
-    try:
-        from jinja2 import TemplateError
-    except ImportError:
-        return (ValueError,)
-    return (ValueError, TemplateError)
-
-
-def _finish_reason(job: Job) -> str:
-    reason = job.result.finish_reason if job.result is not None else "length"
-    return "stop" if reason == "stop" else "length"
+    async def complete(self, body: _Common, chat: bool, request: Request) -> Reply:
+        return await self.handler.complete(body, chat, request.is_disconnected)
 
 
 class AuthAndCount:
@@ -161,42 +90,17 @@ class AuthAndCount:
                 self.metrics.requests.labels(path, str(status["code"])).inc()
 
 
-def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
-    """The FastAPI app serving `gen` (a SpeculativeGenerator); run it with uvicorn."""
-    from ..generator import SpeculativeGenerator
-
-    metrics = Metrics()
-    template_errors = _template_errors()
-    queue: Any = None
-    context = getattr(gen.target, "max_length", None)
-    if settings.parallel > 1:
-        why = batchable(gen)
-        if why is None:
-            on = settings.prefix_cache
-            kv, ram = (settings.cache_tokens, settings.cache_ram_mib << 20) if on else (0, 0)
-            queue = BatchScheduler(gen, metrics, settings.parallel, settings.ctx_size, settings.max_waiting,
-                                   settings.prefill_chunk, settings.kv_unified, kv, ram)
-            context = queue.context  # what one request may use of the shared KV memory
-            per = " on this server (--ctx-size)"
-        else:
-            log.warning("serving one request at a time: %s", why)
-    if queue is None:
-        queue = GenerationQueue(metrics, settings.max_waiting, held=lambda: int(gen.target.length))
-        per = ""
+def create_api(engine: Engine, settings: ServerSettings, metrics: Metrics) -> FastAPI:
+    """The FastAPI app serving `engine`, counting HTTP requests into `metrics`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        if hasattr(queue, "close"):
-            queue.close()
+        engine.close()
 
     app = FastAPI(title="specdecode", description="Exact speculative decoding, OpenAI-compatible API",
                   lifespan=lifespan)
-    plain = SpeculativeGenerator(gen.target)  # for requests with speculative.draft = false
-    plain._cost_models = gen._cost_models  # one target, one cost curve: calibrated at start-up, shared
-    app.state.metrics, app.state.queue, app.state.settings = metrics, queue, settings
-    created = int(time.time())
-
+    app.state.metrics, app.state.settings, app.state.engine = metrics, settings, engine
     app.add_middleware(AuthAndCount, api_key=settings.api_key, metrics=metrics)
     app.add_middleware(CORS, origins=settings.cors_origins, api_key=settings.api_key)  # outermost
 
@@ -220,192 +124,42 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        err = _internal_error("req-" + secrets.token_hex(8), exc)
+        err = internal_error("req-" + secrets.token_hex(8), exc)
         return JSONResponse(err.body(), status_code=500)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        out: dict[str, Any] = {"status": "ok", "model": settings.model_name, "queue_length": queue.waiting}
-        pool = getattr(queue, "pool", None)
-        if pool is not None:  # batching: slots of fixed context
-            out["slots"] = {"total": pool.n_seq, "in_use": pool.n_seq - pool.free, "context": pool.n_ctx_seq}
-        return out
+    async def health() -> JSONResponse:
+        status, body = await engine.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(await engine.metrics_text(), media_type="text/plain; version=0.0.4")
 
-    add_routes(app, gen, queue, settings.model_name, created, context)
+    add_routes(app, engine, settings.model_name)
 
-    def _check_model(body: _Common) -> None:
-        if body.model not in (None, "", settings.model_name):
-            raise APIError(
-                404,
-                f"model '{body.model}' is not served here; this server serves "
-                f"'{settings.model_name}' (see GET /v1/models)",
-                "model",
-                "model_not_found",
-            )
-
-    async def _prompt_ids(prompt: Any, chat: bool, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        try:
-            return await queue.call(gen.encode, prompt, chat, tools)  # the tokenizer is not thread-safe
-        except template_errors as e:
-            what = "the model's chat template refused these messages: " if chat else ""
-            raise APIError(400, f"{what}{e}", "messages" if chat else "prompt") from None
-
-    def _budget(body: _Common, prompt_len: int, default: int | None) -> int:
-        """The completion's token limit: what the request asks, clamped to the room the context has left
-        (the generation then ends with finish_reason length); without a limit, the context's end."""
-        asked = body.token_limit
-        if context is None:
-            return asked or default or DEFAULT_MAX_TOKENS_UNBOUNDED
-        if prompt_len >= context:
-            raise APIError(
-                400,
-                f"the prompt is {prompt_len} tokens but the model's context window{per} is {context}: "
-                "shorten it",
-                "messages" if hasattr(body, "messages") else "prompt",
-                "context_length_exceeded",
-            )
-        return min(asked or default or context, context - prompt_len)
-
-    async def _prediction_ids(body: _Common) -> list[int] | None:
-        """The request's predicted output as token ids, within the context window (else a 400)."""
-        if body.prediction is None:
-            return None
-        text = body.prediction.text()
-        if gen.tokenizer is None:
-            raise APIError(400, "prediction needs a tokenizer, and this model has none", "prediction")
-        ids = await queue.call(lambda: gen.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if context is not None and len(ids) > context:
-            raise APIError(400, f"the prediction is {len(ids)} tokens, more than the model's context "
-                           f"window of {context}: send a shorter prediction", "prediction",
-                           "context_length_exceeded")
-        return list(ids)
-
-    def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
-                 options: dict[str, Any] | None = None) -> Any:
-        spec = body.speculative
-        use = gen if spec is None or spec.draft else plain
-        gamma = spec.gamma if spec is not None and spec.gamma is not None else settings.gamma
-        # a request may lower the caps, never raise them: costs are calibrated once, at start-up
-        gamma_max, lookup_gamma_max = settings.gamma_max, settings.lookup_gamma_max
-        if spec is not None and spec.gamma_max is not None:
-            gamma_max = min(spec.gamma_max, gamma_max)
-            lookup_gamma_max = min(spec.gamma_max, lookup_gamma_max)
-        kwargs = dict(
-            max_new_tokens=budget,
-            temperature=body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            min_p=body.min_p,
-            seed=body.seed,
-            stop=body.stops or None,
-            gamma=gamma,
-            gamma_max=gamma_max,
-            lookup_gamma_max=lookup_gamma_max,
-            prediction=prediction,
-            cache_prompt=settings.prefix_cache and body.cache_prompt is not False,
-            **(options or {}),  # structured output, penalties, logprobs (server.constraints)
-        )
-
-        def start(bind: Any = None) -> Any:
-            """The stream (one request at a time) or, given `bind` (a batching slot), the Generation."""
-            try:
-                if bind is None:
-                    return use.stream(prompt_ids, **kwargs)
-                return use.open(prompt_ids, **kwargs, **bind(use))
-            except ValueError as e:  # settings the generator refuses (e.g. gamma_max): the client's fault
-                raise APIError(400, str(e), "speculative") from None
-
-        return start
-
-    async def _serve(request: Request, body: _Common, chat: bool) -> Any:
-        body.unsupported()
-        options = generation_options(body, chat)
-        _check_model(body)
-        job = Job(arrived=time.perf_counter())
-        tool_use = None
-        if chat:
-            assert isinstance(body, ChatCompletionRequest)
-            tool_use = tool_use_for(body, gen.tokenizer)
-            offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
-            prompt_ids = await _prompt_ids(body.chat_messages(), True, offered)
-            default = settings.default_max_tokens
-        else:
-            assert isinstance(body, CompletionRequest)
-            prompt_ids = await _prompt_ids(body.prompt_value(), False)
-            default = COMPLETIONS_DEFAULT_MAX_TOKENS
-        budget = _budget(body, len(prompt_ids), default)
-        job.prompt_tokens = len(prompt_ids)
-        prediction = await _prediction_ids(body)
-        job.predicted = prediction is not None
-        if tool_use is not None and tool_use.grammar is not None:  # tool_choice required or a named function
-            if "constraint" in options:
-                raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
-                               "response_format, grammar or json_schema", "tool_choice")
-            options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
-        start = _starter(body, prompt_ids, budget, prediction, options)
-        rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
-
-        def pieces(admitted: bool = False) -> AsyncIterator[str]:
-            return queue.run(job, start, request.is_disconnected, admitted=admitted)
-
-        if not body.stream:
-            text = []
-            async with aclosing(pieces()) as stream:
-                async for piece in stream:
-                    text.append(piece)
-            metrics.latency.observe(time.perf_counter() - job.arrived)
-            kind = "chat.completion" if chat else "text_completion"
-            logprobs = None
-            if job.result is not None and job.result.logprobs is not None:
-                shape = chat_logprobs if chat else completion_logprobs
-                logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
-            reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
-            return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
-
-        queue.admit()  # refuse before the 200 is sent, not in-band
-        live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
-        start = live.start if live is not None else start
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        shaper = StreamShaper(chat, head, tool_use)
-
-        async def sse() -> AsyncIterator[str]:
-            try:
-                for event in shaper.start():
-                    yield event
-                async with aclosing(pieces(admitted=True)) as stream:
-                    async for piece in stream:
-                        for event in shaper.piece(piece, live and await queue.call(live.take)):
-                            yield event
-            except APIError as e:
-                yield f"data: {json.dumps(e.body())}\n\n"
-                return
-            except Exception:  # after the 200 went out: report in-band, end the stream
-                yield f"data: {json.dumps(_internal_error(rid).body())}\n\n"
-                return
-            if job.cancelled:
-                return
-            metrics.latency.observe(time.perf_counter() - job.arrived)
-            last = live and await queue.call(live.take)
-            for event in shaper.end(_finish_reason(job), _usage(job, len(prompt_ids)), include_usage, last):
-                yield event
-
-        return StreamingResponse(
-            sse(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    async def serve(request: Request, body: _Common, chat: bool) -> Any:
+        reply = await engine.complete(body, chat, request)
+        if isinstance(reply, dict):
+            return reply
+        return StreamingResponse(reply, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Any:
-        return await _serve(request, body, chat=False)
+        return await serve(request, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
-        return await _serve(request, body, chat=True)
+        return await serve(request, body, chat=True)
 
+    return app
+
+
+def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
+    """The FastAPI app serving `gen` (a SpeculativeGenerator) in this process; run it with uvicorn."""
+    metrics = Metrics()
+    handler = RequestHandler(gen, settings, metrics)
+    app = create_api(LocalEngine(handler), settings, metrics)
+    app.state.queue = handler.queue
     return app

@@ -97,40 +97,24 @@ def model_card(name: str, created: int, context: int | None) -> dict[str, Any]:
     return card
 
 
-def add_routes(app: FastAPI, gen: Any, queue: Any, name: str, created: int, context: int | None) -> None:
-    """`/v1/models`, `/v1/models/{id}`, `/tokenize` and `/detokenize` on `app`."""
-
-    def tokenizer() -> Any:
-        if gen.tokenizer is None:
-            raise APIError(400, "this model has no tokenizer: send and read token ids", "content")
-        return gen.tokenizer
+def add_routes(app: FastAPI, engine: Any, name: str) -> None:
+    """`/v1/models`, `/v1/models/{id}`, `/tokenize` and `/detokenize` on `app`, served by `engine`."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(name, created, context)]}
+        return {"object": "list", "data": [await engine.model_card()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
         if model_id != name:
             raise APIError(404, f"model '{model_id}' is not served here; this server serves '{name}'",
                            "model", "model_not_found")
-        return model_card(name, created, context)
+        return await engine.model_card()
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
-        tok = tokenizer()
-        ids = await queue.call(lambda: list(tok(body.content, add_special_tokens=body.add_special)
-                                            ["input_ids"]))
-        if not body.with_pieces:
-            return {"tokens": ids}
-        pieces = await queue.call(lambda: [tok.decode([t]) for t in ids])
-        return {"tokens": [{"id": t, "piece": p} for t, p in zip(ids, pieces, strict=True)]}
+        return await engine.tokenize(body)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
-        vocab = int(gen.target.vocab_size)
-        bad = [t for t in body.tokens if not 0 <= t < vocab]
-        if bad:
-            raise APIError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", "tokens")
-        tok = tokenizer()
-        return {"content": await queue.call(lambda: tok.decode(body.tokens))}
+        return await engine.detokenize(body)
