@@ -86,17 +86,18 @@ class Server:
         self.close()
         raise RuntimeError("the server did not come up in 300 s")
 
-    def ingress_cpu_s(self) -> float:
-        """CPU seconds used so far by the ingress replica and Ray's HTTP proxy (0 for one process)."""
+    def ingress_cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by the ingress replica and by Ray's HTTP proxy (none for one process)."""
         import psutil
 
-        total = 0.0
+        total = dict.fromkeys(INGRESS_PROCS, 0.0)
         for p in psutil.process_iter(["cmdline"]):
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
-                if any(name in cmd for name in INGRESS_PROCS):
-                    t = p.cpu_times()
-                    total += t.user + t.system
+                for name in INGRESS_PROCS:
+                    if name in cmd:
+                        t = p.cpu_times()
+                        total[name] += t.user + t.system
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return total
@@ -128,11 +129,13 @@ def overhead(out: Path, max_tokens: int, rounds: int) -> None:
             for clients, n in ((1, rounds * 4), (8, rounds)):
                 cpu0 = server.ingress_cpu_s()
                 runs = [asyncio.run(load(server.url, clients, max_tokens)) for _ in range(n)]
-                cpu = server.ingress_cpu_s() - cpu0
+                cpu1 = server.ingress_cpu_s()
+                by = {name: cpu1[name] - cpu0[name] for name in INGRESS_PROCS}
+                cpu = sum(by.values())
                 for r in runs:
                     r.pop("runs")
                 s = _summary(runs)
-                s.update(server=name, clients=clients, ingress_cpu_s=cpu,
+                s.update(server=name, clients=clients, ingress_cpu_s=cpu, cpu_s_by_process=by,
                          ingress_cpu_ms_per_request=1000 * cpu / s["requests"],
                          ingress_cpu_ms_per_token=1000 * cpu / max(1, s["generated_tokens"]))
                 rows.append(s)
