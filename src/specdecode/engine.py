@@ -24,6 +24,8 @@ from .protocol import accepts_logits_to_keep, last_logits
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
 
+SHADOW_SOURCES = ("prediction", "ngram")  # lookups checked at plain steps too (free to propose)
+
 
 def _floating(logits: torch.Tensor) -> torch.Tensor:
     """float64 logits as they are, anything else as float32 (as `adjusted_probs` computes)."""
@@ -135,7 +137,8 @@ class DecodeLoop:
         self.done = max_new_tokens <= 0
         self._beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._wall_start = time.perf_counter()
-        self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int] | None = None
+        self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int, int | None] | None
+        self._pending = None
         self.logprobs.clear()  # in place: a stream reads this list as it grows
         self.stats.finish_reason = ""
 
@@ -170,6 +173,15 @@ class DecodeLoop:
         """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
         return len(self.seq) - self.target.length
 
+    def _shadow(self, source: str, gamma: int, budget: int) -> int | None:
+        """At a plain step, the first token a free lookup source (prediction, n-gram) would have proposed,
+        for auto-gamma to check against the target's token (None: nothing to check)."""
+        if gamma > 0 or budget <= 1 or self.policy is None or not source.startswith(SHADOW_SOURCES):
+            return None
+        assert self.drafter is not None
+        tokens, _ = self.drafter.propose(self.seq, 1)
+        return int(tokens[0]) if tokens.numel() else None
+
     def plan(self, load: BatchLoad | None = None) -> tuple[list[int], int]:
         """The next target call: the tokens to feed (pending ones, then the draft block) and how many of
         the last rows' logits `accept` needs. `load`: what the other sequences of a batched step add
@@ -191,8 +203,9 @@ class DecodeLoop:
             gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
         else:
             draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        shadow = self._shadow(source, gamma, budget)
         feed = self.seq[self.target.length :] + draft_tokens.tolist()
-        self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed))
+        self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed), shadow)
         if load is not None:
             load.add(len(feed))
         return feed, gamma + 1
@@ -203,7 +216,7 @@ class DecodeLoop:
         call's seconds; `batched`: the call carried other sequences too (its cost is then observed for
         the whole batch, not here)."""
         assert self._pending is not None, "accept() follows plan()"
-        source, gamma, draft_tokens, q, draft_calls, draft_s, fed = self._pending
+        source, gamma, draft_tokens, q, draft_calls, draft_s, fed, shadow = self._pending
         self._pending = None
         target, drafter, stats = self.target, self.drafter, self.stats
         start = time.perf_counter()
@@ -221,6 +234,8 @@ class DecodeLoop:
                                 stats.draft_s - stats.draft_catchup_s - draft_s,
                                 stats.draft_calls - draft_calls, accepted=host[0])
         n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
+        if shadow is not None and self.policy is not None:
+            self.policy.observe_shadow(source, new[0] == shadow)
         stats.drafted += gamma
         stats.accepted += n
         if gamma:

@@ -234,6 +234,18 @@ class AutoGamma:
                 self._wait[source] = min(2 * wait, self.max_probe_every)
         return g
 
+    def observe_shadow(self, source: str, hit: bool) -> None:
+        """A plain step at which lookup `source` had a proposal (free to make, not verified): whether its
+        first token was the target's. The source's run statistics keep learning while auto decodes
+        plainly, so a prediction or n-gram match that lost its footing early is drafted again as soon as
+        its guesses come right, not after ever longer probe waits."""
+        if not is_lookup(source):
+            return
+        ok, miss = self._runs.get(source, (0.0, 0.0))
+        ok, miss = self.run_decay * ok + hit, self.run_decay * miss + (not hit)
+        self._runs[source] = (ok, miss)
+        self.alphas[source] = (ok + self.priors.get(source, self.alpha)) / (ok + miss + 1.0)
+
     def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float | None,
                 draft_s: float, draft_calls: int, accepted: int | None = None) -> None:
         """One finished iteration: what was proposed and verified (beta_sum: sum of min(p, q) over the
