@@ -142,6 +142,18 @@ def test_auto_gamma_probes_while_idle_and_backs_off():
     assert set(chosen) == {0, 1}
 
 
+def test_auto_gamma_does_not_probe_a_draft_model_that_first_must_read_a_long_backlog():
+    curve = CostModel({1: 0.1, 2: 0.11, 4: 0.13, 8: 0.17, 16: 0.3, 64: 1.0, 512: 6.0}, 0.05)
+    policy = AutoGamma(curve, gamma_max=4, probe_every=4)
+    policy.alphas["model"] = 0.0
+    # 300 skipped tokens would cost the draft about 0.05 * T(300) / T(1) = 1.8 s: more than a plain step
+    assert [policy.choose(budget=100, lag=300) for _ in range(40)] == [0] * 40
+    assert any(policy.choose(budget=100, lag=2) for _ in range(8))  # caught up: probes again
+    policy.alphas["model"] = 0.95  # measured good: drafts whatever the backlog (it is read once)
+    assert policy.choose(budget=100, lag=300) > 0
+    assert policy.choose(budget=100, source="ngram", lag=300) > 0  # lookups read nothing
+
+
 def test_auto_gamma_never_probes_a_draft_that_cannot_pay():
     linear = CostModel({k: 0.1 * k for k in range(1, 10)}, 0.05)  # T(k) ~ k: even alpha = 1 loses
     policy = AutoGamma(linear, gamma_max=4, probe_every=2)

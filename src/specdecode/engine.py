@@ -162,12 +162,16 @@ class DecodeLoop:
         _sync(self.device)
         self.stats.prefill_s = time.perf_counter() - start
 
+    def _lag(self, source: str) -> int:
+        """Tokens a model draft would first have to read before drafting (0 for lookups)."""
+        if not source or is_lookup(source):
+            return 0
+        models = draft_models(self.drafter)
+        return len(self.seq) - models[0].length if models else 0
+
     def _draft_lags(self, source: str) -> bool:
         """Whether a model draft would first have to catch up on more than a token or two."""
-        if not source or is_lookup(source):
-            return False
-        models = draft_models(self.drafter)
-        return bool(models) and len(self.seq) - models[0].length > 2
+        return self._lag(source) > 2
 
     def unfed(self) -> int:
         """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
@@ -192,7 +196,7 @@ class DecodeLoop:
         source = draft_source(self.drafter, self.seq) if self.gamma > 0 else ""
         if load is not None:
             load.leave(self.unfed())
-        chosen = self.policy.choose(budget, source, load) if self.policy else self.gamma
+        chosen = self.policy.choose(budget, source, load, self._lag(source)) if self.policy else self.gamma
         if self.policy is not None and load is not None and load.rows > 0 and self._draft_lags(source):
             chosen = 0  # its backlog would be fed serially while every other sequence of the step waits
         gamma = min(chosen, self.gamma, budget - 1)

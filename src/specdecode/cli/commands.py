@@ -30,7 +30,7 @@ def _bench(args: argparse.Namespace) -> int:
         temperatures=args.temperatures, top_p=args.top_p, rounds=args.rounds, peers=args.peers,
         assisted_ks=args.assisted_ks, drafters=args.drafters, out=args.out, prompts_dir=args.prompts,
         dtype=args.dtype, seed=args.seed, quiet=args.quiet, server_modes=args.server_modes,
-        lookup_gamma_max=args.lookup_gamma_max, workload=args.workload,
+        lookup_gamma_max=args.lookup_gamma_max, workload=args.workload, configs=args.configs,
     )
     if not args.quick:
         settings["backend"] = args.backend

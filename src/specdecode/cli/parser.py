@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest block gamma=auto may choose for n-gram lookups (default 32)")
     bench.add_argument("--assisted-ks", type=_ints, default=None,
                        help="assisted generation's fixed draft lengths (default 2,4,6,8)")
+    bench.add_argument("--configs", type=_names, default=None,
+                       help="run only the configurations whose names start with these, e.g. "
+                       "ours/plain,ours/prediction+ngram,llama-server/ngram-mod (default: all)")
     bench.add_argument("--dtype", default=None)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default="results")
