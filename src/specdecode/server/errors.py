@@ -1,0 +1,71 @@
+"""Request validation errors as OpenAI words them: `{"error": {"message", "type", "param", "code"}}`, the
+param the dotted path of the field at fault (`messages.0.content`), the code `missing_required_parameter`,
+`invalid_type` or `invalid_value`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schemas import APIError
+
+EXPECTED = {  # pydantic's type errors -> what the field takes, in JSON's words
+    "bool_type": "a boolean", "int_type": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "string_type": "a string", "list_type": "an array", "dict_type": "an object",
+    "model_type": "an object", "model_attributes_type": "an object", "none_required": "null",
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed value, with its article ("a string", "null")."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _param(loc: tuple[Any, ...], body: Any, missing: bool) -> str:
+    """The field's dotted path in the request: pydantic's location less its union-member tags (the parts
+    that are not keys or indices of the body as sent)."""
+    parts, node = [], body
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1) and not isinstance(part, int):
+            continue  # a union member's tag (e.g. 'bool', 'NamedToolChoice'), not a field
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
+    """The 400 for pydantic's `errors` of a request `body` (the first error; with a union's alternatives)."""
+    if not errors:
+        return APIError(400, "invalid request", code="invalid_value")
+    first = errors[0]
+    kind = first.get("type", "")
+    loc = tuple(x for x in first.get("loc", ()) if x != "body")
+    if kind == "json_invalid":
+        message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+        return APIError(400, message, None, "invalid_json")
+    if kind in ("missing", "content_required"):
+        param = _param(loc, body, missing=True)
+        if kind == "content_required" and not param.endswith("content"):
+            param = f"{param}.content" if param else "content"
+        why = f": {first['msg']}" if kind == "content_required" else ""
+        return APIError(400, f"missing required field '{param}'{why}", param, "missing_required_parameter")
+    param = _param(loc, body, missing=False)
+    if kind in EXPECTED:  # with a union, every alternative's type at the same place
+        same = [e for e in errors if _param(tuple(x for x in e.get("loc", ()) if x != "body"), body, False)
+                == param and e.get("type") in EXPECTED]
+        wanted = list(dict.fromkeys(EXPECTED[e["type"]] for e in same))
+        return APIError(400, f"invalid type for '{param}': expected {' or '.join(wanted)}, got "
+                        f"{json_type(first.get('input'))}", param or None, "invalid_type")
+    if kind == "extra_forbidden":
+        return APIError(400, f"invalid value for '{param}': unknown field (not permitted here)",
+                        param or None, "invalid_value")
+    message = first.get("msg", "invalid")
+    return APIError(400, f"invalid value for '{param}': {message}", param or None, "invalid_value")
