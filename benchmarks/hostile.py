@@ -99,9 +99,12 @@ def main() -> int:
                            "text_held": mix.valid_text == alone, "cut_streams": mix.cut,
                            "refused": [{"name": r.name, "status": r.status, "expected": list(r.expected),
                                         "seconds": r.seconds} for r in mix.refused]})
+            slowest = max(mix.refused, key=lambda r: r.seconds)
+            wrong = [f"{r.name}: {r.status}" for r in mix.refused if r.status not in r.expected]
             print(f"round {i + 1}: alone {alone_s:.2f}s, beside the mix {mix.valid_s:.2f}s "
                   f"({mix.valid_s / alone_s:.2f}x), text held: {mix.valid_text == alone}, "
-                  f"streams cut: {mix.cut}", flush=True)
+                  f"streams cut: {mix.cut}; slowest refusal {slowest.seconds:.3f}s ({slowest.name})"
+                  f"{'; unexpected ' + ', '.join(wrong) if wrong else ''}", flush=True)
         alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
     finally:
         if proc is not None:
