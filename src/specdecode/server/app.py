@@ -219,7 +219,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    add_routes(app, gen, queue, settings.model_name, created, context)
+    add_routes(app, gen, intake, settings.model_name, created, context)  # tokenising off the model thread
 
     def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
                  options: dict[str, Any] | None = None) -> Any:

@@ -51,6 +51,12 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
     if kind == "json_invalid":
         message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
         return APIError(400, message, None, "invalid_json")
+    if not loc and kind == "missing":
+        return APIError(400, "the request body is empty: send a JSON object", None,
+                        "missing_required_parameter")
+    if not loc and kind in EXPECTED:
+        return APIError(400, f"the request body must be a JSON object, not {json_type(first.get('input'))}",
+                        None, "invalid_type")
     if kind in ("missing", "content_required"):
         param = _param(loc, body, missing=True)
         if kind == "content_required" and not param.endswith("content"):

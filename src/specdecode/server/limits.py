@@ -26,9 +26,10 @@ def max_body_bytes(mb: float) -> int:
 
 def too_large(size: int | None, limit: int) -> APIError:
     """The 413 for a body of `size` bytes (None: unknown, streamed past the limit)."""
-    said = f"{size} bytes" if size is not None else "more than that"
-    return APIError(413, f"the request body is {said}; this server accepts at most {limit} bytes "
-                    f"({limit / (1 << 20):g} MiB, --max-body-mb)", code="request_too_large")
+    said = f"is {size} bytes" if size is not None else "is larger than that (cut off there)"
+    mib = limit / (1 << 20)
+    return APIError(413, f"this server accepts request bodies of at most {limit} bytes ({mib:g} MiB, "
+                    f"--max-body-mb); this one {said}", code="request_too_large")
 
 
 class BodyLimit:

@@ -80,6 +80,10 @@ class Intake:
         """The request's `Prepared`, or the APIError that refuses it."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, body, chat)
 
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` on an intake thread (tokenising for /tokenize and the like)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
