@@ -109,3 +109,83 @@ def test_the_refusals_say_what_is_wrong(server):
         assert error["param"] == param and error["code"] == code and fragment in error["message"], error
         assert error["type"] == "invalid_request_error"
     assert VALID["max_tokens"] > 0
+
+
+# -- in-process: the shapes of errors no model is needed for ---------------------------------------------
+@pytest.fixture(scope="module")
+def app_client():
+    from fastapi.testclient import TestClient
+
+    import specdecode as sd
+    from specdecode.server import ServerSettings, create_app
+
+    from .scripted import ScriptedLM
+
+    app = create_app(sd.SpeculativeGenerator(ScriptedLM(lambda prompt: "ok")),
+                     ServerSettings("scripted", max_body_mb=1 / 64))
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize("content,status,code,fragment", [
+    (b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "invalid_json", "nested too deeply"),
+    (b'{"prompt": "\xff"}', 400, "invalid_json", "not UTF-8"),
+    (b"", 400, "missing_required_parameter", "empty"),
+    (b"[1]", 400, "invalid_type", "must be a JSON object, not an array"),
+    (b'{"prompt": "' + b"x" * 20_000 + b'"}', 413, "request_too_large", "--max-body-mb"),
+])
+def test_bodies_that_are_not_requests(app_client, content, status, code, fragment):
+    r = app_client.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+    error = r.json()["error"]
+    assert r.status_code == status and error["code"] == code and fragment in error["message"], error
+
+
+def test_a_chunked_body_past_the_limit_is_a_413(app_client):
+    r = app_client.post("/v1/completions", content=(b"x" * 4096 for _ in range(8)),
+                        headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    small = (part for part in (b'{"prompt": "hi",', b' "max_tokens": 2}'))  # chunked, within the limit
+    r = app_client.post("/v1/completions", content=small, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_unknown_paths_and_methods_get_the_openai_shape(app_client):
+    r = app_client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = app_client.get("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("message,ok", [
+    ({"role": "assistant", "content": None}, False),  # neither content nor tool calls
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+      "function": {"name": "f", "arguments": "{}"}}]}, True),
+    ({"role": "system"}, False),
+    ({"role": "tool", "content": None, "tool_call_id": "call_1"}, False),
+    ({"role": "user", "content": ""}, True),  # empty text is content
+])
+def test_content_is_required_but_on_an_assistant_message_with_tool_calls(app_client, message, ok):
+    body = {"messages": [message, {"role": "user", "content": "hi"}], "max_tokens": 2}
+    r = app_client.post("/v1/chat/completions", json=body)
+    if ok:
+        assert r.status_code == 200, r.text
+    else:
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "messages.0.content", error
+
+
+def test_pieces_cover_the_text_and_cut_at_spaces():
+    from specdecode.server.validation import pieces
+
+    text = "word " * 50_000 + "x" * 200_000
+    got = list(pieces([text, "tail"], size=1000))
+    assert "".join(got) == text + "tail"
+    assert all(len(p) <= 1000 for p in got)
+    assert all(p.startswith(" ") for p in got[1:100])  # the cuts fall before a space
+
+
+def test_serve_refuses_a_bad_body_limit(capsys):
+    from specdecode import cli
+
+    assert cli.main(["serve", "--target", "nothing.gguf", "--max-body-mb", "0", "--quiet"]) == 2
+    assert "--max-body-mb" in capsys.readouterr().err

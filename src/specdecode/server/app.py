@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import BatchScheduler, batchable
-from .errors import validation_error
+from .errors import http_error, validation_error
 from .limits import DEFAULT_MAX_BODY_MB, BodyLimit, max_body_bytes
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
@@ -201,6 +202,11 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(validation_error(list(exc.errors()), exc.body).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = http_error(exc.status_code, exc.detail, exc.__cause__)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

@@ -75,3 +75,14 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
                         param or None, "invalid_value")
     message = first.get("msg", "invalid")
     return APIError(400, f"invalid value for '{param}': {message}", param or None, "invalid_value")
+
+
+def http_error(status: int, detail: Any, cause: BaseException | None = None) -> APIError:
+    """Starlette's and FastAPI's own HTTP errors (an unknown path, a wrong method, a body that is not
+    JSON text at all) in OpenAI's shape."""
+    if status == 400 and cause is not None:
+        why = {UnicodeDecodeError: "it is not UTF-8", RecursionError: "it is nested too deeply"}
+        reason = next((w for kind, w in why.items() if isinstance(cause, kind)), type(cause).__name__)
+        return APIError(400, f"the request body could not be read as JSON: {reason}", None, "invalid_json")
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    return APIError(status, str(detail), None, codes.get(status))
