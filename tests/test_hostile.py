@@ -74,6 +74,9 @@ def test_a_valid_request_beside_hostile_ones(server):
             assert r.seconds < REFUSE_S, f"{r.name} was refused only after {r.seconds:.2f}s"
         assert len(mix.refused) >= 32 and mix.cut == 6
         attempts.append((mix.valid_s / alone_s, alone_s, mix.valid_s))
+        slowest = max(mix.refused, key=lambda r: r.seconds)
+        print(f"valid alone {alone_s:.2f}s, beside the mix {mix.valid_s:.2f}s; slowest refusal "
+              f"{slowest.seconds:.3f}s ({slowest.name})")
         if attempts[-1][0] <= SLOWDOWN:
             break
     ratio, alone_s, mix_s = min(attempts)

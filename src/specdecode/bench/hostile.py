@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-VALID: dict[str, Any] = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 256, "temperature": 0}
+VALID: dict[str, Any] = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 512, "temperature": 0}
 BIG_PROMPT_TOKENS = 300_000  # " hello" is one token in the usual BPE vocabularies
 USER = [{"role": "user", "content": "hi"}]
 
