@@ -41,13 +41,29 @@ def _param(loc: tuple[Any, ...], body: Any, missing: bool) -> str:
     return ".".join(parts)
 
 
+def _most_telling(errors: list[dict[str, Any]], body: Any) -> dict[str, Any]:
+    """The error to report: the first, unless it is one of a union's members refusing the value's type
+    while another member of the right type refused the value itself (that one says what is wrong)."""
+    first = errors[0]
+    if first.get("type") not in EXPECTED and first.get("type") != "literal_error":
+        return first
+    param = _param(first["loc"], body, missing=False)
+    for e in errors[1:]:
+        if e.get("type") in EXPECTED or e.get("type") == "literal_error":
+            continue
+        other = _param(e["loc"], body, missing=e.get("type") == "missing")
+        if other == param or other.startswith(param + "."):
+            return e
+    return first
+
+
 def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
     """The 400 for pydantic's `errors` of a request `body` (the first error; with a union's alternatives)."""
     if not errors:
         return APIError(400, "invalid request", code="invalid_value")
-    first = errors[0]
-    kind = first.get("type", "")
-    loc = tuple(x for x in first.get("loc", ()) if x != "body")
+    errors = [{**e, "loc": tuple(x for x in e.get("loc", ()) if x != "body")} for e in errors]
+    first = _most_telling(errors, body)
+    kind, loc = first.get("type", ""), first["loc"]
     if kind == "json_invalid":
         message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
         return APIError(400, message, None, "invalid_json")
@@ -64,10 +80,9 @@ def validation_error(errors: list[dict[str, Any]], body: Any) -> APIError:
         why = f": {first['msg']}" if kind == "content_required" else ""
         return APIError(400, f"missing required field '{param}'{why}", param, "missing_required_parameter")
     param = _param(loc, body, missing=False)
+    same = [e for e in errors if _param(e["loc"], body, False) == param]
     if kind in EXPECTED:  # with a union, every alternative's type at the same place
-        same = [e for e in errors if _param(tuple(x for x in e.get("loc", ()) if x != "body"), body, False)
-                == param and e.get("type") in EXPECTED]
-        wanted = list(dict.fromkeys(EXPECTED[e["type"]] for e in same))
+        wanted = list(dict.fromkeys(EXPECTED[e["type"]] for e in same if e.get("type") in EXPECTED))
         return APIError(400, f"invalid type for '{param}': expected {' or '.join(wanted)}, got "
                         f"{json_type(first.get('input'))}", param or None, "invalid_type")
     if kind == "extra_forbidden":

@@ -11,15 +11,17 @@ turned into generation options by `server.constraints`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..sampling import TEMPERATURE_MAX
 from .tool_schemas import NamedToolChoice, Tool, ToolCall, ToolChoice
 
 MAX_TOKENS_LIMIT = (1 << 31) - 1  # no context holds more; larger values are refused, smaller ones clamped
+MAX_MESSAGES = 8192  # more would take the event loop a noticeable time to validate, and fit no context
+MAX_STOPS = 64  # each is checked at every token (OpenAI takes 4; Continue sends 10)
 
 
 class APIError(Exception):
@@ -136,7 +138,7 @@ class _Common(BaseModel):
     top_k: int = Field(0, ge=0)  # extension (as vLLM and llama.cpp accept)
     min_p: float = Field(0.0, ge=0.0, le=1.0)  # extension
     seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)  # what torch.Generator takes
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -227,27 +229,18 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = Field(None, validate_default=True)
+    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant messages: the calls it made
     tool_call_id: str | None = None  # tool messages: the call this result answers
 
-    @field_validator("content", mode="after")
-    @classmethod
-    def _content(cls, value: Any, info: ValidationInfo) -> Any:
-        """`content` is required (not missing, not null) but on an assistant message with tool calls."""
-        if value is None:
-            role = info.data.get("role")
-            if role != "assistant":
-                raise PydanticCustomError("content_required", "a {role} message needs content: a string or "
-                                          "an array of content parts", {"role": role or "this"})
-        return value
-
     @model_validator(mode="after")
-    def _assistant_content(self) -> ChatMessage:
-        if self.role == "assistant" and self.content is None and not self.tool_calls:
-            raise PydanticCustomError("content_required", "an assistant message needs content, or tool_calls",
-                                      {"role": "assistant", "field": "content"})
+    def _content(self) -> ChatMessage:
+        """`content` is required (not missing, not null) but on an assistant message with tool calls."""
+        if self.content is None and (self.role != "assistant" or not self.tool_calls):
+            need = ("an assistant message needs content, or tool_calls" if self.role == "assistant" else
+                    f"a {self.role} message needs content: a string or an array of content parts")
+            raise PydanticCustomError("content_required", need)
         return self
 
     def text(self) -> str:
@@ -286,8 +279,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
-    tools: list[Tool] | None = None
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
+    tools: list[Tool] | None = Field(None, max_length=128)  # OpenAI's limit
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
 
