@@ -4,8 +4,8 @@ Everything that decides whether a request can run (the features it asks for, its
 model it names, its prompt's and prediction's token counts against the context window, its token budget)
 happens here, before it waits for the model: a bad request is refused while the model is busy, and
 rendering, tokenising or compiling a grammar never holds up the event loop. A text far too long for the
-context window is counted in pieces and refused once its count passes twice the window, so a huge prompt
-costs a fraction of tokenising it whole.
+context window is counted in pieces and refused once its count is past the window, so a huge prompt costs
+a fraction of tokenising it whole.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (
 DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
 COUNT_AHEAD_CHARS = 1 << 18  # texts longer than this are counted in pieces before they are tokenised whole
 PIECE_CHARS = 1 << 16  # the pieces' size
+CUT_SLACK = 16  # tokens a cut between two pieces may add to their count, at most (a few, in practice)
 
 
 @dataclass
@@ -132,15 +133,15 @@ class Intake:
 
     def _count_ahead(self, texts: list[str], param: str, what: str) -> None:
         """A 400 (context_length_exceeded) for texts that cannot fit the context window, found by counting
-        their tokens in pieces until the count passes twice the window (short texts are not counted)."""
+        their tokens in pieces until the count is past the window (short texts are not counted)."""
         tok, context = self.gen.tokenizer, self.context
         chars = sum(len(t) for t in texts)
         if tok is None or context is None or chars <= COUNT_AHEAD_CHARS:
             return
         count = 0
-        for piece in pieces(texts):
+        for n, piece in enumerate(pieces(texts), 1):
             count += len(tok(piece, add_special_tokens=False)["input_ids"])
-            if count > 2 * context:
+            if count > context + CUT_SLACK * n:  # past the window whatever the cuts changed
                 raise APIError(400, f"the {what} is {chars} characters, more than {count} tokens (counted "
                                f"before the rest was read), but the model's context window{self.per} is "
                                f"{context}: shorten it", param, "context_length_exceeded")
