@@ -78,8 +78,17 @@ class Intake:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="specdecode-intake")
 
     async def prepare(self, body: _Common, chat: bool) -> Prepared:
-        """The request's `Prepared`, or the APIError that refuses it."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, body, chat)
+        """The request's `Prepared`, or the APIError that refuses it: the checks that need no tokenizer
+        at once (so that they never wait behind another request's tokenising), the rest on a thread."""
+        body.unsupported()
+        self._check_model(body)
+        if isinstance(body, ChatCompletionRequest):
+            prompt: Any = body.chat_messages()
+        else:
+            assert isinstance(body, CompletionRequest)
+            prompt = body.prompt_value()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._prepare, body, chat,
+                                                                prompt)
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` on an intake thread (tokenising for /tokenize and the like)."""
@@ -89,23 +98,18 @@ class Intake:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on an intake thread --------------------------------------------------------------------------
-    def _prepare(self, body: _Common, chat: bool) -> Prepared:
-        body.unsupported()
+    def _prepare(self, body: _Common, chat: bool, prompt: Any) -> Prepared:
         options = generation_options(body, chat)
-        self._check_model(body)
         tool_use = None
         if chat:
             assert isinstance(body, ChatCompletionRequest)
             tool_use = tool_use_for(body, self.gen.tokenizer)
             offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
-            messages = body.chat_messages()
-            texts = [m["content"] for m in messages] + ([json.dumps(offered)] if offered else [])
+            texts = [m["content"] for m in prompt] + ([json.dumps(offered)] if offered else [])
             self._count_ahead(texts, "messages", "prompt")
-            prompt_ids = self._encode(messages, True, offered)
+            prompt_ids = self._encode(prompt, True, offered)
             default = self.default_max_tokens
         else:
-            assert isinstance(body, CompletionRequest)
-            prompt = body.prompt_value()
             if isinstance(prompt, str):
                 self._count_ahead([prompt], "prompt", "prompt")
             prompt_ids = self._encode(prompt, False)
