@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ..generator import SpeculativeGenerator
     from ..server import ServerSettings, run_server
+    from ..server.limits import max_body_bytes
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
@@ -58,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.parallel < 1 or (args.ctx_size is not None and args.ctx_size < 16) or args.prefill_chunk < 1:
         raise ValueError("--parallel and --prefill-chunk must be >= 1 and --ctx-size >= 16, got "
                          f"{args.parallel}, {args.prefill_chunk} and {args.ctx_size}")
+    max_body_bytes(args.max_body_mb)  # refused before the models load
     target = _load(args, args.target, "target")
     gen = SpeculativeGenerator(target, _drafter(args, _draft_name(args)))
     settings = ServerSettings(args.served_model_name or args.target, gamma=args.gamma,
@@ -67,7 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
                               parallel=args.parallel, ctx_size=args.ctx_size,
                               prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
                               prefix_cache=args.prefix_cache, cache_tokens=args.cache_tokens,
-                              cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin)
+                              cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin,
+                              max_body_mb=args.max_body_mb)
     run_server(gen, settings, args.host, args.port, quiet=args.quiet)
     return 0
 

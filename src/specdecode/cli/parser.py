@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--default-max-tokens", type=int, default=None,
                      help="chat completion length when the request gives no max_tokens (default: until end "
                      "of sequence or a full context, as OpenAI and llama-server)")
+    srv.add_argument("--max-body-mb", type=float, default=4.0, metavar="MiB",
+                     help="largest request body accepted; a larger one gets a 413 before it is read "
+                     "(default 4)")
     srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="a browser origin (e.g. https://app.example) allowed to call the API besides "
                      "loopback pages and the server's own; repeatable; '*' allows any (default: any when "

@@ -17,19 +17,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..structured import Constraint
 from .batching import BatchScheduler, batchable
-from .constraints import generation_options
+from .errors import http_error, validation_error
+from .limits import DEFAULT_MAX_BODY_MB, BodyLimit, max_body_bytes
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
-from .replies import StreamShaper, choice, tool_use_for
+from .replies import StreamShaper, choice
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
+from .validation import Intake
 from .worker import GenerationQueue, Job
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
-DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
 # the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
 # the KV buffer, where every parked position slows every decode step (2048 parked: 1.09x a step's time)
 DEFAULT_CACHE_TOKENS = 0
@@ -58,6 +58,7 @@ class ServerSettings:
         prefix_cache: bool = True,
         cache_tokens: int = DEFAULT_CACHE_TOKENS,
         cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
+        max_body_mb: float = DEFAULT_MAX_BODY_MB,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
@@ -70,6 +71,7 @@ class ServerSettings:
         # default_max_tokens: a chat completion's limit when the request sets none (None: the context's end)
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
         self.cors_origins = list(cors_origins or [])  # browser origins allowed besides loopback and our own
+        self.max_body_mb = max_body_mb  # larger request bodies get a 413 before they are read
 
 
 def _usage(job: Job, prompt_tokens: int) -> dict[str, Any]:
@@ -110,15 +112,6 @@ def _internal_error(request_id: str, exc: BaseException | None = None) -> APIErr
     log.error("request %s failed", request_id, exc_info=exc if exc is not None else True)
     return APIError(500, f"internal error while generating (request id {request_id}); the server log has "
                     "the details", code="internal_error")
-
-
-def _template_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a chat template raises for messages it refuses (the client's fault: a 400)."""
-    try:
-        from jinja2 import TemplateError
-    except ImportError:
-        return (ValueError,)
-    return (ValueError, TemplateError)
 
 
 def _finish_reason(job: Job) -> str:
@@ -166,7 +159,6 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     from ..generator import SpeculativeGenerator
 
     metrics = Metrics()
-    template_errors = _template_errors()
     queue: Any = None
     context = getattr(gen.target, "max_length", None)
     if settings.parallel > 1:
@@ -183,10 +175,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     if queue is None:
         queue = GenerationQueue(metrics, settings.max_waiting, held=lambda: int(gen.target.length))
         per = ""
+    intake = Intake(gen, settings.model_name, context, per, settings.default_max_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        intake.close()
         if hasattr(queue, "close"):
             queue.close()
 
@@ -197,6 +191,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     app.state.metrics, app.state.queue, app.state.settings = metrics, queue, settings
     created = int(time.time())
 
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings.max_body_mb))
     app.add_middleware(AuthAndCount, api_key=settings.api_key, metrics=metrics)
     app.add_middleware(CORS, origins=settings.cors_origins, api_key=settings.api_key)  # outermost
 
@@ -206,17 +201,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        if first.get("type") == "json_invalid":
-            message = (
-                f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
-            )
-        elif first.get("type") == "missing":
-            message = f"missing required field '{'.'.join(loc)}'"
-        else:
-            message = f"invalid value for '{'.'.join(loc)}': {first.get('msg', 'invalid')}"
-        return JSONResponse(APIError(400, message, ".".join(loc) or None).body(), status_code=400)
+        return JSONResponse(validation_error(list(exc.errors()), exc.body).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = http_error(exc.status_code, exc.detail, exc.__cause__)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
@@ -235,54 +225,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    add_routes(app, gen, queue, settings.model_name, created, context)
-
-    def _check_model(body: _Common) -> None:
-        if body.model not in (None, "", settings.model_name):
-            raise APIError(
-                404,
-                f"model '{body.model}' is not served here; this server serves "
-                f"'{settings.model_name}' (see GET /v1/models)",
-                "model",
-                "model_not_found",
-            )
-
-    async def _prompt_ids(prompt: Any, chat: bool, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        try:
-            return await queue.call(gen.encode, prompt, chat, tools)  # the tokenizer is not thread-safe
-        except template_errors as e:
-            what = "the model's chat template refused these messages: " if chat else ""
-            raise APIError(400, f"{what}{e}", "messages" if chat else "prompt") from None
-
-    def _budget(body: _Common, prompt_len: int, default: int | None) -> int:
-        """The completion's token limit: what the request asks, clamped to the room the context has left
-        (the generation then ends with finish_reason length); without a limit, the context's end."""
-        asked = body.token_limit
-        if context is None:
-            return asked or default or DEFAULT_MAX_TOKENS_UNBOUNDED
-        if prompt_len >= context:
-            raise APIError(
-                400,
-                f"the prompt is {prompt_len} tokens but the model's context window{per} is {context}: "
-                "shorten it",
-                "messages" if hasattr(body, "messages") else "prompt",
-                "context_length_exceeded",
-            )
-        return min(asked or default or context, context - prompt_len)
-
-    async def _prediction_ids(body: _Common) -> list[int] | None:
-        """The request's predicted output as token ids, within the context window (else a 400)."""
-        if body.prediction is None:
-            return None
-        text = body.prediction.text()
-        if gen.tokenizer is None:
-            raise APIError(400, "prediction needs a tokenizer, and this model has none", "prediction")
-        ids = await queue.call(lambda: gen.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if context is not None and len(ids) > context:
-            raise APIError(400, f"the prediction is {len(ids)} tokens, more than the model's context "
-                           f"window of {context}: send a shorter prediction", "prediction",
-                           "context_length_exceeded")
-        return list(ids)
+    add_routes(app, gen, intake, settings.model_name, created, context)  # tokenising off the model thread
 
     def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
                  options: dict[str, Any] | None = None) -> Any:
@@ -322,31 +265,11 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         return start
 
     async def _serve(request: Request, body: _Common, chat: bool) -> Any:
-        body.unsupported()
-        options = generation_options(body, chat)
-        _check_model(body)
         job = Job(arrived=time.perf_counter())
-        tool_use = None
-        if chat:
-            assert isinstance(body, ChatCompletionRequest)
-            tool_use = tool_use_for(body, gen.tokenizer)
-            offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
-            prompt_ids = await _prompt_ids(body.chat_messages(), True, offered)
-            default = settings.default_max_tokens
-        else:
-            assert isinstance(body, CompletionRequest)
-            prompt_ids = await _prompt_ids(body.prompt_value(), False)
-            default = COMPLETIONS_DEFAULT_MAX_TOKENS
-        budget = _budget(body, len(prompt_ids), default)
-        job.prompt_tokens = len(prompt_ids)
-        prediction = await _prediction_ids(body)
-        job.predicted = prediction is not None
-        if tool_use is not None and tool_use.grammar is not None:  # tool_choice required or a named function
-            if "constraint" in options:
-                raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
-                               "response_format, grammar or json_schema", "tool_choice")
-            options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
-        start = _starter(body, prompt_ids, budget, prediction, options)
+        ready = await intake.prepare(body, chat)  # checks and tokens, off the loop and ahead of the queue
+        prompt_ids, options, tool_use = ready.prompt_ids, ready.options, ready.tool_use
+        job.prompt_tokens, job.predicted = len(prompt_ids), ready.prediction is not None
+        start = _starter(body, prompt_ids, ready.budget, ready.prediction, options)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 

@@ -98,7 +98,8 @@ def model_card(name: str, created: int, context: int | None) -> dict[str, Any]:
 
 
 def add_routes(app: FastAPI, gen: Any, queue: Any, name: str, created: int, context: int | None) -> None:
-    """`/v1/models`, `/v1/models/{id}`, `/tokenize` and `/detokenize` on `app`."""
+    """`/v1/models`, `/v1/models/{id}`, `/tokenize` and `/detokenize` on `app`; `queue.call(fn)` runs the
+    tokenizer off the event loop."""
 
     def tokenizer() -> Any:
         if gen.tokenizer is None:
