@@ -24,8 +24,10 @@ from .constraints import generation_options
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
+from .provenance import LiveProvenance, wants_provenance
 from .replies import StreamShaper, choice, tool_use_for
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
+from .web import add_web, public
 from .worker import GenerationQueue, Job
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
@@ -136,7 +138,7 @@ class AuthAndCount:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path != "/health":
+        if self.api_key and path != "/health" and not public(path):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 err = APIError(
@@ -236,6 +238,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_routes(app, gen, queue, settings.model_name, created, context)
+    add_web(app, gen, settings, context)
 
     def _check_model(body: _Common) -> None:
         if body.model not in (None, "", settings.model_name):
@@ -346,7 +349,12 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
                                "response_format, grammar or json_schema", "tool_choice")
             options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
+        wants = wants_provenance(body, tool_use)
+        if wants:
+            options["provenance"] = True
         start = _starter(body, prompt_ids, budget, prediction, options)
+        prov = LiveProvenance(start, gen.tokenizer) if wants else None
+        start = prov.start if prov is not None else start
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
@@ -365,7 +373,10 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 shape = chat_logprobs if chat else completion_logprobs
                 logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
             reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
-            return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            whole = "".join(text)
+            extra = {"specdecode": await queue.call(prov.spans, whole)} if prov is not None else {}
+            usage = _usage(job, len(prompt_ids))
+            return {**head, "object": kind, "choices": [reply], "usage": usage, **extra}
 
         queue.admit()  # refuse before the 200 is sent, not in-band
         live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
@@ -379,7 +390,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                     yield event
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        for event in shaper.piece(piece, live and await queue.call(live.take)):
+                        spans = prov and await queue.call(prov.spans, piece)
+                        for event in shaper.piece(piece, live and await queue.call(live.take), spans):
                             yield event
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"
