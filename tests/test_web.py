@@ -32,11 +32,15 @@ EDITED = ORIGINAL.replace("return x + 3\n", "return x * 3\n")
 
 
 def _browser_or_skip() -> str:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser installed at {CHROMIUM}: `apt-get install chromium` (make test does it), "
-                    "or `python -m playwright install chromium` where that download is reachable and "
-                    "SPECDECODE_CHROMIUM pointing at it")
-    return CHROMIUM
+    """The Chromium to drive: $SPECDECODE_CHROMIUM or Debian's, else one `playwright install` fetched."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    cache = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache" / "ms-playwright")
+    fetched = sorted(cache.glob("chromium-*/chrome-linux*/chrome"))
+    if fetched:
+        return str(fetched[-1])
+    pytest.skip(f"no browser installed at {CHROMIUM}: `apt-get install chromium` (make test does it), "
+                "or `python -m playwright install chromium` where that download is reachable")
 
 
 @pytest.fixture(scope="module")

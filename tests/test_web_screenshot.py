@@ -92,7 +92,7 @@ def test_screenshot_of_a_chat_answer_mid_stream(page, smollm2, folder):  # noqa:
 
 def test_screenshot_of_an_edit(page, smollm2, folder):  # noqa: F811
     page.set_default_timeout(SLOW_MS)
-    _open(page, smollm2, temperature="0")
+    _open(page, smollm2, **{"temperature": "0", "max-tokens": "160"})
     page.click("#tab-edit")
     page.fill("#edit-name", "stats.py")
     page.fill("#edit-file", FILE)

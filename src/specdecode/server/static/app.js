@@ -141,7 +141,7 @@ function statsLine(usage, t, tokens) {
   const rate = usage && usage.decode_tokens_per_s ? usage.decode_tokens_per_s : (seconds > 0 ? n / seconds : 0);
   if (rate) parts.push(`${rate.toFixed(1)} tok/s`);
   if (t.first) parts.push(`TTFT ${((t.first - t.start) / 1000).toFixed(2)} s`);
-  if (usage) {
+  if (usage && usage.tokens_per_target_call !== undefined) {
     if (usage.draft_tokens) parts.push(`acceptance ${(100 * usage.acceptance_rate).toFixed(0)}%`);
     parts.push(`${usage.tokens_per_target_call.toFixed(2)} tokens/target call`);
     const cached = usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : 0;
@@ -234,7 +234,6 @@ async function answer(body, node, msg) {
       }
       msg.content += text;
       if (box.scrollHeight - box.scrollTop - box.clientHeight < 80) box.scrollTop = box.scrollHeight;
-      if (msg.onText) msg.onText();
     });
   } catch (err) {
     if (err.name === "AbortError") msg.note = "stopped";
@@ -271,7 +270,6 @@ async function send(event) {
   const prediction = $("prediction").value;
   if (prediction) extra.prediction = { type: "content", content: prediction };
   await answer(requestBody(messages, extra), node, msg);
-  delete msg.onText;
   save();
 }
 
@@ -380,7 +378,8 @@ async function runEdit() {
     "Reply with the complete updated file in one fenced code block.";
   const messages = [{ role: "system", content: EDIT_SYSTEM }, { role: "user", content: user }];
   const body = requestBody(messages, { prediction: { type: "content", content: block } });
-  if (!$("max-tokens").dataset.touched) delete body.max_tokens;  // the file may be long: until it ends
+  // unless set: room for the whole file and then some (as `specdecode edit`: 1.5x its tokens + 256)
+  if (!$("max-tokens").dataset.touched) body.max_tokens = Math.ceil(original.length / 2) + 256;
   const out = $("edit-output");
   out.textContent = "";
   const node = document.createElement("div");
@@ -429,7 +428,7 @@ async function refreshInfo() {
     if (info.plain_tokens_per_s) parts.push(`plain ${info.plain_tokens_per_s.toFixed(1)} tok/s`);
     if (info.context) parts.push(`context ${info.context}`);
     $("server-line").textContent = parts.join(" · ");
-    $("drafter").options[0].textContent = `the server's (${info.drafter || "none"})`;
+    $("drafter").options[0].textContent = `server's: ${info.drafter || "none"}`;
   } catch (err) {
     $("server-line").textContent = err.message || String(err);
     if (err.status === 401) askKey();
@@ -473,7 +472,7 @@ function init() {
   $("new-chat").addEventListener("click", () => { if (!running) { history = []; save(); renderHistory(); } });
   document.querySelectorAll(".tab").forEach((t) => t.addEventListener("click", () => setMode(t.dataset.mode)));
   SETTINGS.forEach((id) => $(id).addEventListener("change", keepSettings));
-  $("max-tokens").addEventListener("change", () => { $("max-tokens").dataset.touched = "1"; keepSettings(); });
+  $("max-tokens").addEventListener("input", () => { $("max-tokens").dataset.touched = "1"; keepSettings(); });
   $("key-form").addEventListener("submit", () => {
     localStorage.setItem(STORE.key, $("key-input").value.trim());
     refreshInfo();
