@@ -4,6 +4,14 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// a new element of class `cls` holding `text`, appended to `parent` when given
+function el(tag, cls, text, parent) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  if (parent) parent.appendChild(node);
+  return node;
+}
 const STORE = { chat: "specdecode.chat", key: "specdecode.key", settings: "specdecode.settings" };
 const SETTINGS = ["system", "temperature", "max-tokens", "drafter", "gamma", "prediction"];
 const LANGUAGES = { py: "python", js: "javascript", ts: "typescript", go: "go", rs: "rust", java: "java",
@@ -110,12 +118,10 @@ function describe(span) {
 }
 
 function tokenNode(span) {
-  const node = document.createElement("span");
-  node.className = "tok src-" + family(span.source);
+  const node = el("span", "tok src-" + family(span.source), span.text);
   node.dataset.source = span.source || "unknown";
   if (span.draft) node.dataset.draft = span.draft;
   node.title = describe(span);
-  node.textContent = span.text;
   return node;
 }
 
@@ -160,41 +166,19 @@ function save() {
 }
 
 function messageNode(msg) {
-  const node = document.createElement("div");
-  node.className = "msg " + msg.role;
-  const role = document.createElement("div");
-  role.className = "role";
-  role.textContent = msg.role === "user" ? "you" : (info ? info.model : "assistant");
-  const content = document.createElement("div");
-  content.className = "content";
+  const node = el("div", "msg " + msg.role);
+  el("div", "role", msg.role === "user" ? "you" : (info ? info.model : "assistant"), node);
+  const content = el("div", "content", msg.spans ? undefined : msg.content, node);
   if (msg.spans) msg.spans.forEach((s) => content.appendChild(tokenNode(s)));
-  else content.textContent = msg.content;
-  node.append(role, content);
-  if (msg.note) note(node, msg.note);
-  if (msg.error) showError(node, msg.error);
-  if (msg.stats) setStats(node, msg.stats);
+  footer(node, msg);
   return node;
 }
 
-function note(node, text) {
-  const n = document.createElement("div");
-  n.className = "note";
-  n.textContent = text;
-  node.appendChild(n);
-}
-
-function showError(node, text) {
-  const e = document.createElement("div");
-  e.className = "error";
-  e.setAttribute("role", "alert");
-  e.textContent = text;
-  node.appendChild(e);
-}
-
-function setStats(node, text) {
-  let s = node.querySelector(".stats");
-  if (!s) { s = document.createElement("div"); s.className = "stats"; node.appendChild(s); }
-  s.textContent = text;
+// the lines under an answer: "stopped", the error, the stats
+function footer(node, msg) {
+  if (msg.note) el("div", "note", msg.note, node);
+  if (msg.error) el("div", "error", msg.error, node).setAttribute("role", "alert");
+  if (msg.stats) el("div", "stats", msg.stats, node);
 }
 
 function renderHistory() {
@@ -244,10 +228,8 @@ async function answer(body, node, msg) {
     busy(false);
   }
   t.end = performance.now();
-  if (msg.note) note(node, msg.note);
-  if (msg.error) showError(node, msg.error);
   if (msg.content || usage) msg.stats = statsLine(usage, t, tokens);
-  if (msg.stats) setStats(node, msg.stats);
+  footer(node, msg);
   refreshInfo();
   return usage;
 }
@@ -338,32 +320,20 @@ function renderDiff(original, reply, spans) {
   });
   let folded = 0;
   const flush = () => {
-    if (!folded) return;
-    const f = document.createElement("div");
-    f.className = "fold";
-    f.textContent = `⋯ ${folded} unchanged line${folded > 1 ? "s" : ""}`;
-    out.appendChild(f);
+    if (folded) el("div", "fold", `⋯ ${folded} unchanged line${folded > 1 ? "s" : ""}`, out);
     folded = 0;
   };
   ops.forEach(([kind, index], k) => {
     if (kind === "ctx" && !near[k]) { folded++; return; }
     flush();
-    const line = document.createElement("div");
-    line.className = "line " + kind;
-    if (kind === "del") line.textContent = a[index].replace(/\n$/, "");
-    else {
-      const text = b[index].replace(/\n$/, "");
-      sliceSpans(spans, offsets[index], offsets[index] + text.length).forEach((s) => line.appendChild(tokenNode(s)));
+    const line = el("div", "line " + kind, kind === "del" ? a[index].replace(/\n$/, "") : undefined, out);
+    if (kind !== "del") {
+      const end = offsets[index] + b[index].replace(/\n$/, "").length;
+      sliceSpans(spans, offsets[index], end).forEach((s) => line.appendChild(tokenNode(s)));
     }
-    out.appendChild(line);
   });
   flush();
-  if (!ops.some((op) => op[0] !== "ctx")) {
-    const f = document.createElement("div");
-    f.className = "fold";
-    f.textContent = "no change";
-    out.appendChild(f);
-  }
+  if (!ops.some((op) => op[0] !== "ctx")) el("div", "fold", "no change", out);
   return code;
 }
 
@@ -382,21 +352,19 @@ async function runEdit() {
   if (!$("max-tokens").dataset.touched) body.max_tokens = Math.ceil(original.length / 2) + 256;
   const out = $("edit-output");
   out.textContent = "";
-  const node = document.createElement("div");
-  const raw = document.createElement("div");
-  raw.className = "content raw";  // the reply as it streams; the diff replaces it at the end
-  node.appendChild(raw);
-  out.appendChild(node);
+  const node = el("div", "", undefined, out);
+  el("div", "content raw", undefined, node);  // the reply as it streams; the diff replaces it at the end
   $("edit-stats").textContent = "";
   $("edit-copy").disabled = true;
   $("edit-status").textContent = "generating…";
   const msg = { role: "assistant", content: "" };
   await answer(body, node, msg);
-  editResult = renderDiff(original, msg.content, msg.spans);
-  if (msg.error) showError(out, msg.error);
+  node.querySelector(".stats")?.remove();  // shown below the diff
+  const finished = !msg.error && !msg.note;  // a failed or stopped reply stays as it came
+  if (finished) editResult = renderDiff(original, msg.content, msg.spans);
   $("edit-stats").textContent = msg.stats || "";
   $("edit-status").textContent = msg.error ? "failed" : (msg.note || "done");
-  $("edit-copy").disabled = !msg.content;
+  $("edit-copy").disabled = !finished;
 }
 
 async function copyResult() {
@@ -404,9 +372,8 @@ async function copyResult() {
     await navigator.clipboard.writeText(editResult);
     $("edit-status").textContent = "copied";
   } catch (e) {
-    const area = document.createElement("textarea");
+    const area = el("textarea", "", undefined, document.body);
     area.value = editResult;
-    document.body.appendChild(area);
     area.select();
     const ok = document.execCommand("copy");
     area.remove();
