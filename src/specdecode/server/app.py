@@ -24,7 +24,7 @@ from .constraints import generation_options
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
-from .provenance import LiveProvenance, wants_provenance
+from .provenance import provenance_option, with_provenance
 from .replies import StreamShaper, choice, tool_use_for
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .web import add_web, public
@@ -349,12 +349,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
                                "response_format, grammar or json_schema", "tool_choice")
             options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
-        wants = wants_provenance(body, tool_use)
-        if wants:
-            options["provenance"] = True
-        start = _starter(body, prompt_ids, budget, prediction, options)
-        prov = LiveProvenance(start, gen.tokenizer) if wants else None
-        start = prov.start if prov is not None else start
+        options.update(provenance_option(body, tool_use))
+        prov, start = with_provenance(_starter(body, prompt_ids, budget, prediction, options), options, gen)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
@@ -373,10 +369,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 shape = chat_logprobs if chat else completion_logprobs
                 logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
             reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
-            whole = "".join(text)
-            extra = {"specdecode": await queue.call(prov.spans, whole)} if prov is not None else {}
-            usage = _usage(job, len(prompt_ids))
-            return {**head, "object": kind, "choices": [reply], "usage": usage, **extra}
+            out = {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            return {**out, "specdecode": await queue.call(prov.spans, "".join(text))} if prov else out
 
         queue.admit()  # refuse before the 200 is sent, not in-band
         live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None

@@ -17,16 +17,25 @@ from .schemas import APIError
 UNKNOWN = "unknown"  # text no recorded token accounts for (never expected; reported rather than hidden)
 
 
-def wants_provenance(body: Any, tools: Any) -> bool:
-    """Whether the request asks for provenance (a 400 when it also offers tools: tool calls are not
-    streamed as text, so their tokens would have no place)."""
+def provenance_option(body: Any, tools: Any) -> dict[str, Any]:
+    """The generation option a request's `specdecode.provenance` asks for (a 400 when it also offers
+    tools: tool calls are not streamed as text, so their tokens would have no place)."""
     options = getattr(body, "specdecode", None)
     if options is None or not options.provenance:
-        return False
+        return {}
     if tools is not None:
         raise APIError(400, "specdecode.provenance cannot be combined with tools: leave one out",
                        "specdecode.provenance")
-    return True
+    return {"provenance": True}
+
+
+def with_provenance(start: Any, options: dict[str, Any], gen: Any) -> tuple[LiveProvenance | None, Any]:
+    """The request's `start`, wrapped to follow the sources of its tokens when `options` ask for them,
+    and the `LiveProvenance` that does (None when they do not)."""
+    if not options.get("provenance"):
+        return None, start
+    live = LiveProvenance(start, gen.tokenizer)
+    return live, live.start
 
 
 class LiveProvenance:
