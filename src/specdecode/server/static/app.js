@@ -286,8 +286,9 @@ function diffLines(a, b) {
          a[a.length - 1 - tail] === b[b.length - 1 - tail]) tail++;
   const A = a.slice(head, a.length - tail), B = b.slice(head, b.length - tail);
   const n = A.length, m = B.length, w = m + 1;
-  const L = new Uint32Array((n + 1) * w);
-  for (let i = n - 1; i >= 0; i--) {
+  const big = n * m > 4e6;  // too large a table: the middle is shown replaced whole
+  const L = new Uint32Array(big ? 0 : (n + 1) * w);
+  for (let i = big ? -1 : n - 1; i >= 0; i--) {
     for (let j = m - 1; j >= 0; j--) {
       L[i * w + j] = A[i] === B[j] ? L[(i + 1) * w + j + 1] + 1 : Math.max(L[(i + 1) * w + j], L[i * w + j + 1]);
     }
@@ -297,8 +298,9 @@ function diffLines(a, b) {
   let i = 0, j = 0;
   while (i < n || j < m) {
     if (i < n && j < m && A[i] === B[j]) { ops.push(["ctx", head + j]); i++; j++; }
-    else if (j < m && (i === n || L[i * w + j + 1] >= L[(i + 1) * w + j])) { ops.push(["add", head + j]); j++; }
-    else { ops.push(["del", head + i]); i++; }
+    else if (i < n && (j === m || big || L[(i + 1) * w + j] >= L[i * w + j + 1])) {
+      ops.push(["del", head + i]); i++;
+    } else { ops.push(["add", head + j]); j++; }
   }
   for (let k = 0; k < tail; k++) ops.push(["ctx", b.length - tail + k]);
   return ops;  // ctx and add carry the new file's line index, del the original's
