@@ -134,7 +134,9 @@ def _greedy(url: str, content: str, max_tokens: int) -> dict:
 
 def test_the_page_loads_with_no_console_errors(page, server):
     _open(page, server)
-    assert "tiny" in page.inner_text("#server-line")
+    assert "tiny" in page.inner_text("#server-line") and "plain" in page.inner_text("#server-line")
+    info = httpx.get(f"{server}/specdecode/info").json()
+    assert info["model"] == "tiny" and info["drafter"] == "model" and info["plain_tokens_per_s"] > 0
     assert page.title() == "specdecode"
     assert page.is_visible("#composer") and page.is_hidden("#edit-view")
     assert page.errors == []
@@ -151,6 +153,7 @@ def test_a_message_streams_and_renders_and_is_kept(page, server):
     assert "".join(s["text"] for s in _spans(page)) == expected  # the greedy text, token by token
     stats = page.inner_text(".msg.assistant .stats")
     assert "tok/s" in stats and "TTFT" in stats and "tokens/target call" in stats and "cached prompt" in stats
+    assert "vs plain" in stats  # the server measured its plain rate (gamma=auto's cost curve)
     page.reload()  # the conversation is kept in the browser
     page.wait_for_selector(".msg.assistant .tok")
     assert "".join(s["text"] for s in _spans(page)) == expected
@@ -256,7 +259,9 @@ def test_edit_mode_renders_a_coloured_diff(page, scripted, browser):
 def test_with_an_api_key_the_page_asks_for_it_and_sends_it(page, pair):
     proc, url = _start(pair, "--api-key", "s3cret")
     try:
-        assert httpx.get(f"{url}/").status_code == 200  # the page itself needs no key
+        for path in ("/", "/static/app.js", "/static/style.css", "/favicon.ico"):
+            assert httpx.get(url + path).status_code == 200  # the page itself needs no key ...
+        assert httpx.get(f"{url}/specdecode/info").status_code == 401  # ... what it reads does
         sent = []
         page.on("request", lambda r: "/v1/" in r.url and sent.append(r.headers.get("authorization")))
         page.goto(url + "/")
