@@ -85,6 +85,10 @@ def test_screenshot_of_a_chat_answer_mid_stream(page, smollm2, folder):  # noqa:
     page.click("#stop")
     page.wait_for_selector(".msg.assistant:last-child .note")
     assert mid
+    deadline = time.time() + 60  # Stop frees the batching slot too (llama.cpp, --parallel 4)
+    while httpx.get(f"{smollm2}/health").json()["slots"]["in_use"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(f"{smollm2}/health").json()["slots"]["in_use"] == 0
     sources = {s["source"] for s in _spans(page)}
     assert "ngram" in sources or "ngram-1" in sources  # the code of the first answer, looked up
     assert (folder / "web-chat.png").stat().st_size > 10_000
