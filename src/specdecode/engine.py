@@ -21,6 +21,7 @@ from .gamma import AutoGamma, BatchLoad, is_lookup
 from .logprobs import TokenLogprob, token_logprobs
 from .penalties import Penalties
 from .protocol import accepts_logits_to_keep, last_logits
+from .provenance import TokenSource, block_sources
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
 
@@ -48,7 +49,8 @@ class DecodeLoop:
     to what the grammar allows after the tokens before it, so a draft token outside the grammar is
     always rejected; the generation ends when the grammar is complete. penalties: applied per position
     likewise. logprobs (None: off; k: the top k alternatives too): `self.logprobs` gets one entry per
-    emitted token, from the processed logits of the verify call.
+    emitted token, from the processed logits of the verify call. provenance: `self.sources` gets one
+    `TokenSource` per emitted token (which draft source, or the target, produced it).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class DecodeLoop:
         grammar: Any = None,
         penalties: Penalties | None = None,
         logprobs: int | None = None,
+        provenance: bool = False,
     ) -> None:
         self.target, self.drafter, self.params = target, drafter, params
         self.grammar = grammar
@@ -72,6 +75,8 @@ class DecodeLoop:
         self.top_logprobs = logprobs
         self.logprobs: list[TokenLogprob] = []
         self._rows: torch.Tensor | None = None  # the processed logits of the last verify (for logprobs)
+        self.sources: list[TokenSource] | None = [] if provenance else None
+        self._accept_p: torch.Tensor | None = None  # acceptance probabilities of the last block (provenance)
         self.gamma = gamma if drafter is not None else 0
         self.generator = generator
         self.eos = eos_token_ids
@@ -120,9 +125,13 @@ class DecodeLoop:
             n_acc, nxt = acceptance.verify_greedy(best.unsqueeze(0), draft_tokens.unsqueeze(0))
             hits = best[:gamma].view(-1, 1)
             beta = (draft_tokens == best[:gamma]).double() if q is None else q.gather(1, hits).double()
+            if self.sources is not None:  # p one-hot: a draft token is accepted with probability 0 or 1
+                self._accept_p = (draft_tokens == best[:gamma]).double()
             return n_acc, nxt, beta.sum()
         p = adjusted_probs(logits, self.params)
         q = one_hot(draft_tokens, self.vocab) if q is None else q
+        if self.sources is not None:
+            self._accept_p = acceptance.acceptance_probs(p[None], q[None], draft_tokens[None])[0]
         n_acc, nxt = acceptance.verify(p.unsqueeze(0), q.unsqueeze(0), draft_tokens.unsqueeze(0),
                                        self.generator)
         return n_acc, nxt, acceptance.overlap(p[:gamma].double(), q.double()).sum()
@@ -140,6 +149,8 @@ class DecodeLoop:
         self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int, int | None] | None
         self._pending = None
         self.logprobs.clear()  # in place: a stream reads this list as it grows
+        if self.sources is not None:
+            self.sources.clear()
         self.stats.finish_reason = ""
 
     def begin_drafter(self) -> None:
@@ -257,6 +268,10 @@ class DecodeLoop:
         if self.grammar is not None:  # the output ends where the grammar is complete
             new = new[: self.grammar.consume(new)]
             grammar_done = self.grammar.stopped
+        if self.sources is not None:
+            probs = self._accept_p.tolist() if self._accept_p is not None and gamma else []
+            self.sources += block_sources(new, source, gamma, n, probs)
+            self._accept_p = None
         if self._rows is not None:
             assert self.top_logprobs is not None
             self.logprobs += token_logprobs(self._rows, new, self.top_logprobs)

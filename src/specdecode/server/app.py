@@ -25,9 +25,11 @@ from .limits import DEFAULT_MAX_BODY_MB, BodyLimit, max_body_bytes
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
+from .provenance import provenance_option, with_provenance
 from .replies import StreamShaper, choice
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .validation import Intake
+from .web import add_web, public
 from .worker import GenerationQueue, Job
 
 # the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
@@ -129,7 +131,7 @@ class AuthAndCount:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path != "/health":
+        if self.api_key and path != "/health" and not public(path):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 err = APIError(
@@ -226,6 +228,7 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_routes(app, gen, intake, settings.model_name, created, context)  # tokenising off the model thread
+    add_web(app, gen, settings, context)
 
     def _starter(body: _Common, prompt_ids: list[int], budget: int, prediction: list[int] | None = None,
                  options: dict[str, Any] | None = None) -> Any:
@@ -269,7 +272,9 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
         ready = await intake.prepare(body, chat)  # checks and tokens, off the loop and ahead of the queue
         prompt_ids, options, tool_use = ready.prompt_ids, ready.options, ready.tool_use
         job.prompt_tokens, job.predicted = len(prompt_ids), ready.prediction is not None
-        start = _starter(body, prompt_ids, ready.budget, ready.prediction, options)
+        options.update(provenance_option(body, tool_use))
+        prov, start = with_provenance(_starter(body, prompt_ids, ready.budget, ready.prediction, options),
+                                      options, gen)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
@@ -288,7 +293,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                 shape = chat_logprobs if chat else completion_logprobs
                 logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
             reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
-            return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            out = {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            return {**out, "specdecode": await queue.call(prov.spans, "".join(text))} if prov else out
 
         queue.admit()  # refuse before the 200 is sent, not in-band
         live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
@@ -302,7 +308,8 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
                     yield event
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        for event in shaper.piece(piece, live and await queue.call(live.take)):
+                        spans = prov and await queue.call(prov.spans, piece)
+                        for event in shaper.piece(piece, live and await queue.call(live.take), spans):
                             yield event
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"

@@ -60,6 +60,15 @@ class SpeculativeOptions(BaseModel):
         return value
 
 
+class SpecdecodeOptions(BaseModel):
+    """Our extension `specdecode`: what else to report. provenance: every streamed chunk (and a whole
+    response) carries a `specdecode` object saying which source produced each token of its text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provenance: bool = False
+
+
 def _drop_nulls(data: Any) -> Any:
     """`null` means "not set", as in OpenAI's API: a field sent as null takes its default."""
     if isinstance(data, dict):
@@ -143,6 +152,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     speculative: SpeculativeOptions | None = None
+    specdecode: SpecdecodeOptions | None = None  # extension: token provenance (server.provenance)
     prediction: Prediction | None = None
     user: str | None = None
     cache_prompt: bool | None = None  # llama-server's: false reads the whole prompt (no prefix reuse)
