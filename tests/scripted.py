@@ -91,8 +91,11 @@ class ScriptedLM:
             self._script = (start, self.respond(text[:start]))
         written, script = text[start:], self._script[1]
         logits = torch.zeros(self.vocab_size)
-        if script.startswith(written) and len(written) < len(script):
-            logits[self.tokenizer.convert_tokens_to_ids(script[len(written)])] = self.margin
+        # where the reply is in the script: from its start, or (when a constraint made the reply skip the
+        # script's opening words, e.g. a forced tool call) where the text written so far occurs in it
+        at = 0 if script.startswith(written) else script.find(written) if written else -1
+        if at >= 0 and at + len(written) < len(script):
+            logits[self.tokenizer.convert_tokens_to_ids(script[at + len(written)])] = self.margin
         else:
             logits[self.tokenizer.eos_token_id] = self.margin
         return logits

@@ -74,8 +74,9 @@ def test_drafters_keep_greedy_output_exact():
             gen._cost_models[8] = CostModel({k: 0.01 for k in range(1, 10)}, 0.001, frozen=True)
         res = gen.generate(prompt, max_new_tokens=40, gamma=gamma)
         assert res.token_ids == ref, name
-        st = res.stats  # nothing recomputed: prefill, then one pending token plus the drafts per call
-        assert st.target_tokens == len(prompt) - 1 + st.target_calls + st.drafted, name
+        st = res.stats  # nothing recomputed: prefill (less the prefix an earlier run left), then one
+        # pending token plus the drafts per call
+        assert st.target_tokens == len(prompt) - 1 - st.cached_tokens + st.target_calls + st.drafted, name
         assert st.drafted > 0, f"{name} never drafted: the comparison would be plain against plain"
     # the threshold drafter proposed fewer tokens than gamma at least once
     res = sd.SpeculativeGenerator(wrapped, drafters["threshold"]).generate(prompt, max_new_tokens=40, gamma=4)
@@ -139,6 +140,18 @@ def test_auto_gamma_probes_while_idle_and_backs_off():
     probes = [i for i, g in enumerate(chosen) if g]
     assert probes == [3, 11, 27]  # waits 4, then 8, then 16 plain steps: each probe said "plain"
     assert set(chosen) == {0, 1}
+
+
+def test_auto_gamma_does_not_probe_a_draft_model_that_first_must_read_a_long_backlog():
+    curve = CostModel({1: 0.1, 2: 0.11, 4: 0.13, 8: 0.17, 16: 0.3, 64: 1.0, 512: 6.0}, 0.05)
+    policy = AutoGamma(curve, gamma_max=4, probe_every=4)
+    policy.alphas["model"] = 0.0
+    # 300 skipped tokens would cost the draft about 0.05 * T(300) / T(1) = 1.8 s: more than a plain step
+    assert [policy.choose(budget=100, lag=300) for _ in range(40)] == [0] * 40
+    assert any(policy.choose(budget=100, lag=2) for _ in range(8))  # caught up: probes again
+    policy.alphas["model"] = 0.95  # measured good: drafts whatever the backlog (it is read once)
+    assert policy.choose(budget=100, lag=300) > 0
+    assert policy.choose(budget=100, source="ngram", lag=300) > 0  # lookups read nothing
 
 
 def test_auto_gamma_never_probes_a_draft_that_cannot_pay():

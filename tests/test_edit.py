@@ -138,7 +138,10 @@ def test_disk_prompt_cache_round_trip(tmp_path):
     longer = prompt + model.tokenizer.encode(" # more", add_special_tokens=False)
     assert disk2.load(longer) == len(prompt) and fresh.length == len(prompt)
     got = fresh.forward(torch.tensor([longer[len(prompt):]]), logits_to_keep=1)[0, -1].clone()
+    # the same calls without the disk in between: the restored state is the state that was saved (a
+    # single call over the whole text differs by float noise: another batch size, other kernels)
     model.reset()
-    want = model.forward(torch.tensor([longer]), logits_to_keep=1)[0, -1]
-    assert torch.allclose(got, want, atol=1e-2, rtol=0)
+    model.forward(torch.tensor([prompt]), logits_to_keep=1)
+    want = model.forward(torch.tensor([longer[len(prompt):]]), logits_to_keep=1)[0, -1]
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)
     assert disk2.load(model.tokenizer.encode("unrelated text")) == 0

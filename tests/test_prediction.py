@@ -11,7 +11,7 @@ import torch
 from scipy.stats import power_divergence
 
 from specdecode import SpeculativeGenerator
-from specdecode.drafters import DraftContext, NgramDrafter
+from specdecode.drafters import CallableDrafter, DraftContext, NgramDrafter
 from specdecode.prediction import PredictionDrafter
 from specdecode.results import GenerationStats
 from specdecode.sampling import SamplingParams
@@ -139,3 +139,77 @@ def test_sampled_distribution_with_a_prediction_is_the_targets():
                               lambda_="log-likelihood").pvalue
     assert pvalue > 1e-3
     assert accepted > 0 and rejected > 0
+
+
+def test_a_replaced_span_is_learned_and_drafted_where_it_comes_again():
+    a, b, c = list(range(10, 20)), list(range(20, 30)), list(range(30, 40))
+    old, new = [100, 101], [200, 201, 202]  # an identifier the edit renames, in other tokens
+    pred = a + old + b + old + c + old + a
+    output = a + new + b + new + c + new + a
+    props = follow(drafter_for(pred), output, gamma=6)
+    assert props[len(a)] == old + b[:4]  # the first occurrence is a miss: nothing learned yet
+    assert props[len(a + new + b)] == new + c[:3]  # learned: the replacement is drafted
+    assert props[len(a + new + b + new + c)] == new + a[:3]
+    assert props[len(a + new + b) + 1] == new[1:] + c[:4]  # and followed token by token
+
+
+def test_an_occurrence_the_output_keeps_forgets_the_replacement():
+    a, b, c = list(range(10, 20)), list(range(20, 30)), list(range(30, 40))
+    old, new = [100, 101], [200]
+    pred = a + old + b + old + c + old + a
+    output = a + new + b + old + c + old + a  # only the first occurrence was changed
+    props = follow(drafter_for(pred), output, gamma=6)
+    assert props[len(a + new + b)] == new + c[:5]  # learned from the first, drafted once
+    assert props[len(a + new + b + old + c)] == old + a[:4]  # kept there: forgotten
+
+
+def test_a_model_fallback_drafts_only_after_a_long_detour():
+    pred = list(range(10, 40))
+    model_like = CallableDrafter(lambda seq, g: [5] * g, name="model")
+    d = drafter_for(pred, fallback=model_like, model_after=8)
+    seq = PROMPT + pred[:5]
+    for i in range(12):
+        seq = seq + [700 + i]
+        d.commit(seq)
+        expected = "model" if i + 1 >= 8 else "none"
+        assert d.source(seq) == expected, (i, d.source(seq))
+        assert d.propose(seq, 3)[0].numel() == (3 if expected == "model" else 0)
+
+
+def test_plain_steps_check_a_lookup_source_and_bring_it_back():
+    """After misses auto-gamma decodes plainly; the prediction's guesses at those plain steps (free to
+    make) are checked against the target's tokens, so once they come right long blocks resume, with no
+    probe waits."""
+    from specdecode.gamma import AutoGamma, CostModel
+
+    curve = {1: 27.6, 2: 45, 4: 72, 8: 122, 16: 141, 32: 242}  # ms, 1.5B Q4_K_M on 2 cores (MODELS.md)
+    policy = AutoGamma(CostModel({k: v / 1000 for k, v in curve.items()}, 1e-4, frozen=True),
+                       lookup_gamma_max=32)
+    assert policy.choose(100, "prediction") >= 8  # the prior: a prediction is usually right
+    for _ in range(3):  # three blocks rejected at their first token
+        policy.observe("prediction", 16, 0.0, 17, None, 0.0, 0, accepted=0)
+    assert policy.choose(100, "prediction") == 0
+    for _ in range(6):  # the target's tokens at six plain steps were the prediction's
+        policy.observe_shadow("prediction", True)
+    assert policy.choose(100, "prediction") >= 1
+    for _ in range(10):
+        policy.observe_shadow("prediction", True)
+    assert policy.choose(100, "prediction") >= 12
+    policy.observe_shadow("ngram-1", False)  # any lookup source learns the same way
+    assert policy.alpha_of("ngram-1") < policy.alpha_of("prediction")
+
+
+def test_auto_gamma_follows_a_prediction_after_early_misses():
+    from specdecode.gamma import CostModel
+
+    target = TableLM(random_table(50, 1, seed=7, sharpness=4.0))
+    gen = SpeculativeGenerator(target)
+    plain = gen.generate([1], max_new_tokens=300).token_ids
+    prediction = list(plain)
+    for i in (1, 3, 5, 7, 9, 11):  # an early stretch where the prediction keeps being wrong
+        prediction[i] = (plain[i] + 1) % 50
+    curve = {1: 27.6, 2: 45, 4: 72, 8: 122, 16: 141, 32: 242}
+    gen._cost_models[32] = CostModel({k: v / 1000 for k, v in curve.items()}, 1e-4, frozen=True)
+    res = gen.generate([1], max_new_tokens=300, prediction=prediction, gamma="auto", lookup_gamma_max=32)
+    assert res.token_ids == plain
+    assert res.stats.accepted_prediction_tokens >= 270 and res.stats.target_calls <= 20

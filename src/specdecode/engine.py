@@ -21,8 +21,11 @@ from .gamma import AutoGamma, BatchLoad, is_lookup
 from .logprobs import TokenLogprob, token_logprobs
 from .penalties import Penalties
 from .protocol import accepts_logits_to_keep, last_logits
+from .provenance import TokenSource, block_sources
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
+
+SHADOW_SOURCES = ("prediction", "ngram")  # lookups checked at plain steps too (free to propose)
 
 
 def _floating(logits: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,8 @@ class DecodeLoop:
     to what the grammar allows after the tokens before it, so a draft token outside the grammar is
     always rejected; the generation ends when the grammar is complete. penalties: applied per position
     likewise. logprobs (None: off; k: the top k alternatives too): `self.logprobs` gets one entry per
-    emitted token, from the processed logits of the verify call.
+    emitted token, from the processed logits of the verify call. provenance: `self.sources` gets one
+    `TokenSource` per emitted token (which draft source, or the target, produced it).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class DecodeLoop:
         grammar: Any = None,
         penalties: Penalties | None = None,
         logprobs: int | None = None,
+        provenance: bool = False,
     ) -> None:
         self.target, self.drafter, self.params = target, drafter, params
         self.grammar = grammar
@@ -70,6 +75,8 @@ class DecodeLoop:
         self.top_logprobs = logprobs
         self.logprobs: list[TokenLogprob] = []
         self._rows: torch.Tensor | None = None  # the processed logits of the last verify (for logprobs)
+        self.sources: list[TokenSource] | None = [] if provenance else None
+        self._accept_p: torch.Tensor | None = None  # acceptance probabilities of the last block (provenance)
         self.gamma = gamma if drafter is not None else 0
         self.generator = generator
         self.eos = eos_token_ids
@@ -118,9 +125,13 @@ class DecodeLoop:
             n_acc, nxt = acceptance.verify_greedy(best.unsqueeze(0), draft_tokens.unsqueeze(0))
             hits = best[:gamma].view(-1, 1)
             beta = (draft_tokens == best[:gamma]).double() if q is None else q.gather(1, hits).double()
+            if self.sources is not None:  # p one-hot: a draft token is accepted with probability 0 or 1
+                self._accept_p = (draft_tokens == best[:gamma]).double()
             return n_acc, nxt, beta.sum()
         p = adjusted_probs(logits, self.params)
         q = one_hot(draft_tokens, self.vocab) if q is None else q
+        if self.sources is not None:
+            self._accept_p = acceptance.acceptance_probs(p[None], q[None], draft_tokens[None])[0]
         n_acc, nxt = acceptance.verify(p.unsqueeze(0), q.unsqueeze(0), draft_tokens.unsqueeze(0),
                                        self.generator)
         return n_acc, nxt, acceptance.overlap(p[:gamma].double(), q.double()).sum()
@@ -135,8 +146,11 @@ class DecodeLoop:
         self.done = max_new_tokens <= 0
         self._beta_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._wall_start = time.perf_counter()
-        self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int] | None = None
+        self._pending: tuple[str, int, torch.Tensor, torch.Tensor | None, int, float, int, int | None] | None
+        self._pending = None
         self.logprobs.clear()  # in place: a stream reads this list as it grows
+        if self.sources is not None:
+            self.sources.clear()
         self.stats.finish_reason = ""
 
     def begin_drafter(self) -> None:
@@ -159,16 +173,29 @@ class DecodeLoop:
         _sync(self.device)
         self.stats.prefill_s = time.perf_counter() - start
 
+    def _lag(self, source: str) -> int:
+        """Tokens a model draft would first have to read before drafting (0 for lookups)."""
+        if not source or is_lookup(source):
+            return 0
+        models = draft_models(self.drafter)
+        return len(self.seq) - models[0].length if models else 0
+
     def _draft_lags(self, source: str) -> bool:
         """Whether a model draft would first have to catch up on more than a token or two."""
-        if not source or is_lookup(source):
-            return False
-        models = draft_models(self.drafter)
-        return bool(models) and len(self.seq) - models[0].length > 2
+        return self._lag(source) > 2
 
     def unfed(self) -> int:
         """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
         return len(self.seq) - self.target.length
+
+    def _shadow(self, source: str, gamma: int, budget: int) -> int | None:
+        """At a plain step, the first token a free lookup source (prediction, n-gram) would have proposed,
+        for auto-gamma to check against the target's token (None: nothing to check)."""
+        if gamma > 0 or budget <= 1 or self.policy is None or not source.startswith(SHADOW_SOURCES):
+            return None
+        assert self.drafter is not None
+        tokens, _ = self.drafter.propose(self.seq, 1)
+        return int(tokens[0]) if tokens.numel() else None
 
     def plan(self, load: BatchLoad | None = None) -> tuple[list[int], int]:
         """The next target call: the tokens to feed (pending ones, then the draft block) and how many of
@@ -180,7 +207,7 @@ class DecodeLoop:
         source = draft_source(self.drafter, self.seq) if self.gamma > 0 else ""
         if load is not None:
             load.leave(self.unfed())
-        chosen = self.policy.choose(budget, source, load) if self.policy else self.gamma
+        chosen = self.policy.choose(budget, source, load, self._lag(source)) if self.policy else self.gamma
         if self.policy is not None and load is not None and load.rows > 0 and self._draft_lags(source):
             chosen = 0  # its backlog would be fed serially while every other sequence of the step waits
         gamma = min(chosen, self.gamma, budget - 1)
@@ -191,8 +218,9 @@ class DecodeLoop:
             gamma = int(draft_tokens.shape[0])  # a drafter may propose fewer, even none
         else:
             draft_tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        shadow = self._shadow(source, gamma, budget)
         feed = self.seq[self.target.length :] + draft_tokens.tolist()
-        self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed))
+        self._pending = (source, gamma, draft_tokens, q, draft_calls, draft_s, len(feed), shadow)
         if load is not None:
             load.add(len(feed))
         return feed, gamma + 1
@@ -203,7 +231,7 @@ class DecodeLoop:
         call's seconds; `batched`: the call carried other sequences too (its cost is then observed for
         the whole batch, not here)."""
         assert self._pending is not None, "accept() follows plan()"
-        source, gamma, draft_tokens, q, draft_calls, draft_s, fed = self._pending
+        source, gamma, draft_tokens, q, draft_calls, draft_s, fed, shadow = self._pending
         self._pending = None
         target, drafter, stats = self.target, self.drafter, self.stats
         start = time.perf_counter()
@@ -221,6 +249,8 @@ class DecodeLoop:
                                 stats.draft_s - stats.draft_catchup_s - draft_s,
                                 stats.draft_calls - draft_calls, accepted=host[0])
         n, new = host[0], host[2 : 2 + host[0]] + [host[1]]
+        if shadow is not None and self.policy is not None:
+            self.policy.observe_shadow(source, new[0] == shadow)
         stats.drafted += gamma
         stats.accepted += n
         if gamma:
@@ -238,6 +268,10 @@ class DecodeLoop:
         if self.grammar is not None:  # the output ends where the grammar is complete
             new = new[: self.grammar.consume(new)]
             grammar_done = self.grammar.stopped
+        if self.sources is not None:
+            probs = self._accept_p.tolist() if self._accept_p is not None and gamma else []
+            self.sources += block_sources(new, source, gamma, n, probs)
+            self._accept_p = None
         if self._rows is not None:
             assert self.top_logprobs is not None
             self.logprobs += token_logprobs(self._rows, new, self.top_logprobs)

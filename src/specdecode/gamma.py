@@ -119,6 +119,15 @@ def best_gamma(alpha: float, costs: CostModel, gamma_max: int, draft_s: float | 
     return max(range(gamma_max + 1), key=lambda g: rate(alpha, g, costs, draft_s))
 
 
+def catchup_seconds(costs: CostModel, lag: int) -> float:
+    """About what a draft model pays to read `lag` tokens it skipped: its one-token cost scaled by the
+    target's measured curve (the same kind of network, so the same shape), T(lag) / T(1)."""
+    if lag <= 0:
+        return 0.0
+    t1 = costs.t(1)
+    return costs.draft_s * costs.t(lag) / t1 if t1 > 0 else 0.0
+
+
 @dataclass
 class BatchLoad:
     """A batched target call as it is being built, for auto-gamma to price one more sequence's block in:
@@ -203,13 +212,18 @@ class AutoGamma:
         cost = self.costs.t_split(base + gamma) - self.costs.t_split(base) + gamma * self.draft_s(source)
         return value, cost
 
-    def choose(self, budget: int, source: str = "model", load: BatchLoad | None = None) -> int:
+    def choose(self, budget: int, source: str = "model", load: BatchLoad | None = None, lag: int = 0) -> int:
         """The number of draft tokens for the next iteration (0: a plain step). With `load` (a call shared
         with other sequences), the block whose expected saving most exceeds its cost, by `min_gain` at
-        least (a wasted row delays every sequence of the call)."""
+        least (a wasted row delays every sequence of the call). `lag`: tokens a model draft must read
+        before it can draft (after lookups or plain steps carried the text). No probe is made while
+        reading them costs more than a plain step: a probe is meant to be cheap, and one after a long
+        lookup stretch would pay for the whole catch-up to learn one token's worth. A choice made from
+        the source's measured alpha still drafts (the catch-up then buys every following model step)."""
         if source == "none":  # the drafter has nothing to propose: a plain step
             return 0
         shared = load is not None and load.rows > 0
+        catchup = catchup_seconds(self.costs, lag) if lag > 2 and not is_lookup(source) else 0.0
         if not shared:
             best = best_gamma(self.alpha_of(source), self.costs, self.limit(source), self.draft_s(source))
         else:
@@ -225,7 +239,7 @@ class AutoGamma:
         # their throughput)
         if g > 0:
             self._wait[source] = self.probe_every
-        elif budget > 1 and not shared and self.worth_probing(source):
+        elif budget > 1 and not shared and catchup <= self.costs.t(1) and self.worth_probing(source):
             # probe state is per source: a source that rarely comes up still gets probed when it does
             self._idle[source] += 1
             wait = self._wait.setdefault(source, self.probe_every)
@@ -233,6 +247,18 @@ class AutoGamma:
                 self._idle[source], g = 0, 1
                 self._wait[source] = min(2 * wait, self.max_probe_every)
         return g
+
+    def observe_shadow(self, source: str, hit: bool) -> None:
+        """A plain step at which lookup `source` had a proposal (free to make, not verified): whether its
+        first token was the target's. The source's run statistics keep learning while auto decodes
+        plainly, so a prediction or n-gram match that lost its footing early is drafted again as soon as
+        its guesses come right, not after ever longer probe waits."""
+        if not is_lookup(source):
+            return
+        ok, miss = self._runs.get(source, (0.0, 0.0))
+        ok, miss = self.run_decay * ok + hit, self.run_decay * miss + (not hit)
+        self._runs[source] = (ok, miss)
+        self.alphas[source] = (ok + self.priors.get(source, self.alpha)) / (ok + miss + 1.0)
 
     def observe(self, source: str, proposed: int, beta_sum: float, target_k: int, target_s: float | None,
                 draft_s: float, draft_calls: int, accepted: int | None = None) -> None:

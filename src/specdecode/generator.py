@@ -34,6 +34,7 @@ class GenerationStream:
         self._pieces = pieces
         self.result: GenerationResult | None = None
         self.live_logprobs: list[Any] = []  # filled as the generation runs, when logprobs were asked for
+        self.live_provenance: list[Any] | None = None  # TokenSources as the generation runs (provenance=True)
         self.live_stats: GenerationStats | None = None  # filled as the generation runs (progress displays)
 
     def __iter__(self) -> GenerationStream:
@@ -70,6 +71,11 @@ class Generation:
         return self.loop.logprobs
 
     @property
+    def live_provenance(self) -> list[Any] | None:
+        """One `TokenSource` per emitted token so far (None unless provenance was asked for)."""
+        return self.loop.sources
+
+    @property
     def done(self) -> bool:
         return self.loop.done or self.text.stopped
 
@@ -97,7 +103,10 @@ class Generation:
             self.loop.stats.count(len(self.text.token_ids))
             logprobs = self.loop.logprobs[: len(self.text.token_ids)] if self.loop.top_logprobs is not None \
                 else None
-            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats, logprobs)
+            sources = self.loop.sources
+            provenance = None if sources is None else sources[: len(self.text.token_ids)]
+            self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats, logprobs,
+                                           provenance)
         return self.result
 
 
@@ -177,6 +186,7 @@ class SpeculativeGenerator:
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
         logprobs: int | None = None,
+        provenance: bool = False,
     ) -> Generation:
         """A generation to advance step by step (what `stream` runs; a batching server drives several).
 
@@ -208,6 +218,9 @@ class SpeculativeGenerator:
         logprobs: None, or the number (0..20) of top alternatives to report with each token's
         log-probability
         (`result.logprobs`, see `specdecode.logprobs`).
+        provenance: record where each token came from (`result.provenance`: one
+        `specdecode.provenance.TokenSource` per token: the draft source the target accepted it from, or
+        the target's own "corrected", "bonus" or "plain" token).
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
@@ -277,7 +290,7 @@ class SpeculativeGenerator:
         eos = set(getattr(target, "eos_token_ids", set()) or set())
         loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy,
                           reuse=cache_prompt,
-                          grammar=matcher, penalties=penalties, logprobs=logprobs)
+                          grammar=matcher, penalties=penalties, logprobs=logprobs, provenance=provenance)
         loop.stats.prompt_tokens = len(prompt_ids)
         loop.stats.cached_tokens = int(target.length)
         return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
@@ -318,11 +331,13 @@ class SpeculativeGenerator:
 
         Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
         lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, cache_prompt, constraint,
-        grammar_drafts, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, logprobs)."""
+        grammar_drafts, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, logprobs,
+        provenance)."""
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats
         stream.live_logprobs = generation.loop.logprobs
+        stream.live_provenance = generation.loop.sources
         stream._pieces = self._pieces(generation, stream)
         return stream
 

@@ -93,12 +93,14 @@ class GenerationStats:
 @dataclass
 class GenerationResult:
     """The new tokens only (prompt excluded), their decoded text ("" without a tokenizer) and stats;
-    `logprobs` (when asked for): one `TokenLogprob` per token."""
+    `logprobs` (when asked for): one `TokenLogprob` per token; `provenance` (when asked for): one
+    `specdecode.provenance.TokenSource` per token."""
 
     token_ids: list[int]
     text: str
     stats: GenerationStats
     logprobs: list[Any] | None = None
+    provenance: list[Any] | None = None
 
     @property
     def finish_reason(self) -> str:

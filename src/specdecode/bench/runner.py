@@ -52,6 +52,7 @@ class BenchConfig:
     seed: int = 0
     quick: bool = False
     quiet: bool = False
+    configs: list[str] | None = None  # run only the configurations whose names start with one of these
 
     @classmethod
     def quick_suite(cls, **overrides: Any) -> BenchConfig:
@@ -164,7 +165,7 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     from ..drafters import ModelDrafter, NgramDrafter, NgramThenModel
 
     if cfg.workload == "edits":
-        return _edit_runners(cfg, target, gguf, greedy, skipped, servers)
+        return _edit_runners(cfg, target, draft, gguf, greedy, skipped, servers)
     runners: list[Any] = [OursRunner(target, None)]
     gammas: list[int | str] = list(sorted(set(cfg.gammas))) if greedy else []
     runners += [OursRunner(target, draft, gamma=g) for g in [*gammas, "auto"]]
@@ -193,11 +194,12 @@ def _runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, sampli
     return runners + _llama_cpp_peers(cfg, target, gguf, greedy, skipped)
 
 
-def _edit_runners(cfg: BenchConfig, target: Any, gguf: str | None, greedy: bool, skipped: list[str],
-                  servers: dict[str, Any] | None) -> list[Any]:
-    """The edit workload: plain, n-gram, the prediction, prediction + n-gram; llama-server plain and its
-    n-gram modes; transformers' prompt lookup on that backend."""
-    from ..drafters import NgramDrafter
+def _edit_runners(cfg: BenchConfig, target: Any, draft: Any, gguf: str | None, greedy: bool,
+                  skipped: list[str], servers: dict[str, Any] | None) -> list[Any]:
+    """The edit workload: plain, n-gram, the prediction, prediction + n-gram, prediction + n-gram + the
+    draft model (`specdecode edit`'s default); llama-server plain and its n-gram modes; transformers'
+    prompt lookup on that backend."""
+    from ..drafters import ModelDrafter, NgramDrafter, NgramThenModel
 
     lmax = cfg.lookup_gamma_max
     runners: list[Any] = [
@@ -207,6 +209,8 @@ def _edit_runners(cfg: BenchConfig, target: Any, gguf: str | None, greedy: bool,
                    uses_prediction=True),
         OursRunner(target, NgramDrafter(), gamma="auto", label="prediction+ngram", lookup_gamma_max=lmax,
                    uses_prediction=True),
+        OursRunner(target, NgramThenModel(NgramDrafter(), ModelDrafter(draft)), gamma="auto",
+                   label="prediction+ngram+model", lookup_gamma_max=lmax, uses_prediction=True),
     ]
     if "llama-server" in cfg.peers and greedy:
         modes = BenchConfig(**{**asdict(cfg), "server_modes": [m for m in cfg.server_modes
@@ -286,6 +290,9 @@ def run_bench(cfg: BenchConfig) -> Path:
     plan = [(Sampling(t, 1.0 if t == 0 else cfg.top_p),) for t in cfg.temperatures]
     servers: dict[str, Any] = {}
     runner_sets = {s[0]: _runners(cfg, target, draft, gguf, s[0], skipped, draft_gguf, servers) for s in plan}
+    if cfg.configs:
+        wanted = tuple(cfg.configs)
+        runner_sets = {s: [r for r in rs if r.name.startswith(wanted)] for s, rs in runner_sets.items()}
     for line in skipped:
         say(line)
     total = sum(len(r) for r in runner_sets.values()) * len(prompts) * cfg.rounds

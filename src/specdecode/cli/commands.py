@@ -30,7 +30,7 @@ def _bench(args: argparse.Namespace) -> int:
         temperatures=args.temperatures, top_p=args.top_p, rounds=args.rounds, peers=args.peers,
         assisted_ks=args.assisted_ks, drafters=args.drafters, out=args.out, prompts_dir=args.prompts,
         dtype=args.dtype, seed=args.seed, quiet=args.quiet, server_modes=args.server_modes,
-        lookup_gamma_max=args.lookup_gamma_max, workload=args.workload,
+        lookup_gamma_max=args.lookup_gamma_max, workload=args.workload, configs=args.configs,
     )
     if not args.quick:
         settings["backend"] = args.backend
@@ -44,6 +44,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def check_serve_args(args: argparse.Namespace) -> None:
     """Raise ValueError naming the first `serve` option out of range."""
+    from ..server.limits import max_body_bytes
+
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_waiting < 1 or (args.default_max_tokens is not None and args.default_max_tokens < 1):
@@ -56,6 +58,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
                          f"{args.parallel}, {args.prefill_chunk} and {args.ctx_size}")
     if getattr(args, "replicas", 0) < 0:
         raise ValueError(f"--replicas must be >= 0, got {args.replicas}")
+    max_body_bytes(args.max_body_mb)  # refused before the models load
 
 
 def server_settings(args: argparse.Namespace) -> Any:
@@ -71,7 +74,8 @@ def server_settings(args: argparse.Namespace) -> Any:
                           parallel=args.parallel, ctx_size=args.ctx_size,
                           prefill_chunk=args.prefill_chunk, kv_unified=args.kv_unified,
                           prefix_cache=args.prefix_cache, cache_tokens=args.cache_tokens,
-                          cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin)
+                          cache_ram_mib=args.cache_ram, cors_origins=args.cors_origin,
+                          max_body_mb=args.max_body_mb)
 
 
 def load_generator(args: argparse.Namespace) -> Any:

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest block gamma=auto may choose for n-gram lookups (default 32)")
     bench.add_argument("--assisted-ks", type=_ints, default=None,
                        help="assisted generation's fixed draft lengths (default 2,4,6,8)")
+    bench.add_argument("--configs", type=_names, default=None,
+                       help="run only the configurations whose names start with these, e.g. "
+                       "ours/plain,ours/prediction+ngram,llama-server/ngram-mod (default: all)")
     bench.add_argument("--dtype", default=None)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default="results")
@@ -161,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--default-max-tokens", type=int, default=None,
                      help="chat completion length when the request gives no max_tokens (default: until end "
                      "of sequence or a full context, as OpenAI and llama-server)")
+    srv.add_argument("--max-body-mb", type=float, default=4.0, metavar="MiB",
+                     help="largest request body accepted; a larger one gets a 413 before it is read "
+                     "(default 4)")
     srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="a browser origin (e.g. https://app.example) allowed to call the API besides "
                      "loopback pages and the server's own; repeatable; '*' allows any (default: any when "

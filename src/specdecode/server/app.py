@@ -18,12 +18,16 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .errors import http_error, validation_error
 from .handling import COMPLETIONS_DEFAULT_MAX_TOKENS, Reply, RequestHandler, internal_error
+from .limits import BodyLimit, max_body_bytes
 from .metrics import Metrics
 from .openai_compat import CORS, add_routes
 from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from .settings import DEFAULT_CACHE_RAM_MIB, DEFAULT_CACHE_TOKENS, ServerSettings
+from .web import add_web, public
 
 __all__ = ["COMPLETIONS_DEFAULT_MAX_TOKENS", "DEFAULT_CACHE_RAM_MIB", "DEFAULT_CACHE_TOKENS", "AuthAndCount",
            "Engine", "ServerSettings", "create_api", "create_app"]
@@ -65,7 +69,7 @@ class AuthAndCount:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path != "/health":
+        if self.api_key and path != "/health" and not public(path):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 err = APIError(
@@ -101,6 +105,7 @@ def create_api(engine: Engine, settings: ServerSettings, metrics: Metrics) -> Fa
     app = FastAPI(title="specdecode", description="Exact speculative decoding, OpenAI-compatible API",
                   lifespan=lifespan)
     app.state.metrics, app.state.settings, app.state.engine = metrics, settings, engine
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings.max_body_mb))
     app.add_middleware(AuthAndCount, api_key=settings.api_key, metrics=metrics)
     app.add_middleware(CORS, origins=settings.cors_origins, api_key=settings.api_key)  # outermost
 
@@ -110,17 +115,12 @@ def create_api(engine: Engine, settings: ServerSettings, metrics: Metrics) -> Fa
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        if first.get("type") == "json_invalid":
-            message = (
-                f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
-            )
-        elif first.get("type") == "missing":
-            message = f"missing required field '{'.'.join(loc)}'"
-        else:
-            message = f"invalid value for '{'.'.join(loc)}': {first.get('msg', 'invalid')}"
-        return JSONResponse(APIError(400, message, ".".join(loc) or None).body(), status_code=400)
+        return JSONResponse(validation_error(list(exc.errors()), exc.body).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = http_error(exc.status_code, exc.detail, exc.__cause__)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
@@ -162,4 +162,5 @@ def create_app(gen: Any, settings: ServerSettings) -> FastAPI:
     handler = RequestHandler(gen, settings, metrics)
     app = create_api(LocalEngine(handler), settings, metrics)
     app.state.queue = handler.queue
+    add_web(app, gen, settings, handler.context)  # the page at / (one process; a cluster serves the API)
     return app

@@ -16,19 +16,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-from ..structured import Constraint
 from .batching import BatchScheduler, batchable
-from .constraints import generation_options
 from .logprobs import LiveLogprobs, chat_logprobs, completion_logprobs
 from .metrics import Metrics
 from .openai_compat import DetokenizeRequest, TokenizeRequest, model_card
-from .replies import StreamShaper, choice, tool_use_for
-from .schemas import APIError, ChatCompletionRequest, CompletionRequest, _Common
+from .provenance import provenance_option, with_provenance
+from .replies import StreamShaper, choice
+from .schemas import APIError, _Common
 from .settings import ServerSettings
+from .validation import COMPLETIONS_DEFAULT_MAX_TOKENS, Intake
 from .worker import GenerationQueue, Job
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint (and vLLM's)
-DEFAULT_MAX_TOKENS_UNBOUNDED = 1 << 20  # a model with no known context window: until end of sequence
+__all__ = ["COMPLETIONS_DEFAULT_MAX_TOKENS", "Reply", "RequestHandler", "internal_error"]
 
 log = logging.getLogger("specdecode.server")
 
@@ -75,15 +74,6 @@ def internal_error(request_id: str, exc: BaseException | None = None) -> APIErro
                     "the details", code="internal_error")
 
 
-def _template_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a chat template raises for messages it refuses (the client's fault: a 400)."""
-    try:
-        from jinja2 import TemplateError
-    except ImportError:
-        return (ValueError,)
-    return (ValueError, TemplateError)
-
-
 def _finish_reason(job: Job) -> str:
     reason = job.result.finish_reason if job.result is not None else "length"
     return "stop" if reason == "stop" else "length"
@@ -97,7 +87,6 @@ class RequestHandler:
         from ..generator import SpeculativeGenerator
 
         self.gen, self.settings, self.metrics = gen, settings, metrics
-        self.template_errors = _template_errors()
         self.created = int(time.time())
         queue: Any = None
         self.context: int | None = getattr(gen.target, "max_length", None)
@@ -117,11 +106,14 @@ class RequestHandler:
         if queue is None:
             queue = GenerationQueue(metrics, settings.max_waiting, held=lambda: int(gen.target.length))
         self.queue = queue
+        # checks and tokens on threads of their own, ahead of the queue (a bad request never waits)
+        self.intake = Intake(gen, settings.model_name, self.context, self.per, settings.default_max_tokens)
         self.plain = SpeculativeGenerator(gen.target)  # for requests with speculative.draft = false
         self.plain._cost_models = gen._cost_models  # one target, one cost curve: calibrated at start-up
 
     def close(self) -> None:
-        """Stop the request queue (running requests are failed)."""
+        """Stop the intake and the request queue (running requests are failed)."""
+        self.intake.close()
         if hasattr(self.queue, "close"):
             self.queue.close()
 
@@ -152,11 +144,11 @@ class RequestHandler:
     async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
         """llama-server's /tokenize."""
         tok = self._tokenizer()
-        ids = await self.queue.call(lambda: list(tok(body.content, add_special_tokens=body.add_special)
-                                                 ["input_ids"]))
+        ids = await self.intake.call(lambda: list(tok(body.content, add_special_tokens=body.add_special)
+                                                  ["input_ids"]))
         if not body.with_pieces:
             return {"tokens": ids}
-        pieces = await self.queue.call(lambda: [tok.decode([t]) for t in ids])
+        pieces = await self.intake.call(lambda: [tok.decode([t]) for t in ids])
         return {"tokens": [{"id": t, "piece": p} for t, p in zip(ids, pieces, strict=True)]}
 
     async def detokenize(self, body: DetokenizeRequest) -> dict[str, Any]:
@@ -166,53 +158,9 @@ class RequestHandler:
         if bad:
             raise APIError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", "tokens")
         tok = self._tokenizer()
-        return {"content": await self.queue.call(lambda: tok.decode(body.tokens))}
+        return {"content": await self.intake.call(lambda: tok.decode(body.tokens))}
 
     # -- completions ----------------------------------------------------------------------------------
-    def _check_model(self, body: _Common) -> None:
-        name = self.settings.model_name
-        if body.model not in (None, "", name):
-            raise APIError(404, f"model '{body.model}' is not served here; this server serves '{name}' "
-                           "(see GET /v1/models)", "model", "model_not_found")
-
-    async def _prompt_ids(self, prompt: Any, chat: bool, tools: list[dict[str, Any]] | None = None
-                          ) -> list[int]:
-        try:
-            return await self.queue.call(self.gen.encode, prompt, chat, tools)  # tokenizers: one thread
-        except self.template_errors as e:
-            what = "the model's chat template refused these messages: " if chat else ""
-            raise APIError(400, f"{what}{e}", "messages" if chat else "prompt") from None
-
-    def _budget(self, body: _Common, prompt_len: int, default: int | None) -> int:
-        """The completion's token limit: what the request asks, clamped to the room the context has left
-        (the generation then ends with finish_reason length); without a limit, the context's end."""
-        asked, context = body.token_limit, self.context
-        if context is None:
-            return asked or default or DEFAULT_MAX_TOKENS_UNBOUNDED
-        if prompt_len >= context:
-            raise APIError(
-                400,
-                f"the prompt is {prompt_len} tokens but the model's context window{self.per} is {context}: "
-                "shorten it",
-                "messages" if hasattr(body, "messages") else "prompt",
-                "context_length_exceeded",
-            )
-        return min(asked or default or context, context - prompt_len)
-
-    async def _prediction_ids(self, body: _Common) -> list[int] | None:
-        """The request's predicted output as token ids, within the context window (else a 400)."""
-        if body.prediction is None:
-            return None
-        text, tokenizer = body.prediction.text(), self.gen.tokenizer
-        if tokenizer is None:
-            raise APIError(400, "prediction needs a tokenizer, and this model has none", "prediction")
-        ids = await self.queue.call(lambda: tokenizer(text, add_special_tokens=False)["input_ids"])
-        if self.context is not None and len(ids) > self.context:
-            raise APIError(400, f"the prediction is {len(ids)} tokens, more than the model's context "
-                           f"window of {self.context}: send a shorter prediction", "prediction",
-                           "context_length_exceeded")
-        return list(ids)
-
     def _starter(self, body: _Common, prompt_ids: list[int], budget: int,
                  prediction: list[int] | None = None, options: dict[str, Any] | None = None) -> Any:
         settings, spec = self.settings, body.speculative
@@ -248,31 +196,13 @@ class RequestHandler:
         the server-sent events. Anything wrong with the request raises `APIError` before a stream starts;
         `disconnected()` turning true stops the generation."""
         gen, settings, queue, metrics = self.gen, self.settings, self.queue, self.metrics
-        body.unsupported()
-        options = generation_options(body, chat)
-        self._check_model(body)
         job = Job(arrived=time.perf_counter())
-        tool_use = None
-        if chat:
-            assert isinstance(body, ChatCompletionRequest)
-            tool_use = tool_use_for(body, gen.tokenizer)
-            offered = [t.model_dump(exclude_none=True) for t in tool_use.tools] if tool_use else None
-            prompt_ids = await self._prompt_ids(body.chat_messages(), True, offered)
-            default = settings.default_max_tokens
-        else:
-            assert isinstance(body, CompletionRequest)
-            prompt_ids = await self._prompt_ids(body.prompt_value(), False)
-            default = COMPLETIONS_DEFAULT_MAX_TOKENS
-        budget = self._budget(body, len(prompt_ids), default)
-        job.prompt_tokens = len(prompt_ids)
-        prediction = await self._prediction_ids(body)
-        job.predicted = prediction is not None
-        if tool_use is not None and tool_use.grammar is not None:  # tool_choice required or a named function
-            if "constraint" in options:
-                raise APIError(400, "tool_choice 'required' or a named function cannot be combined with "
-                               "response_format, grammar or json_schema", "tool_choice")
-            options["constraint"] = Constraint.grammar(tool_use.grammar)  # the call, token by token
-        start = self._starter(body, prompt_ids, budget, prediction, options)
+        ready = await self.intake.prepare(body, chat)  # checks and tokens, off the loop, ahead of the queue
+        prompt_ids, options, tool_use = ready.prompt_ids, ready.options, ready.tool_use
+        job.prompt_tokens, job.predicted = len(prompt_ids), ready.prediction is not None
+        options.update(provenance_option(body, tool_use))
+        starter = self._starter(body, prompt_ids, ready.budget, ready.prediction, options)
+        prov, start = with_provenance(starter, options, gen)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": rid, "created": int(time.time()), "model": settings.model_name}
 
@@ -291,7 +221,8 @@ class RequestHandler:
                 shape = chat_logprobs if chat else completion_logprobs
                 logprobs = await queue.call(shape, job.result.logprobs, gen.tokenizer)
             reply = choice(chat, "".join(text), _finish_reason(job), tool_use, logprobs)
-            return {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            out = {**head, "object": kind, "choices": [reply], "usage": _usage(job, len(prompt_ids))}
+            return {**out, "specdecode": await queue.call(prov.spans, "".join(text))} if prov else out
 
         queue.admit()  # refuse before the 200 is sent, not in-band
         live = LiveLogprobs(start, gen.tokenizer, chat) if "logprobs" in options else None
@@ -305,7 +236,8 @@ class RequestHandler:
                     yield event
                 async with aclosing(pieces(admitted=True)) as stream:
                     async for piece in stream:
-                        for event in shaper.piece(piece, live and await queue.call(live.take)):
+                        spans = prov and await queue.call(prov.spans, piece)
+                        for event in shaper.piece(piece, live and await queue.call(live.take), spans):
                             yield event
             except APIError as e:
                 yield f"data: {json.dumps(e.body())}\n\n"

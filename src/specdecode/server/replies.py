@@ -72,14 +72,17 @@ class StreamShaper:
     def start(self) -> list[str]:
         return [self.event([self._delta({"role": "assistant", "content": ""})])] if self.chat else []
 
-    def piece(self, piece: str, logprobs: Any = None) -> list[str]:
+    def piece(self, piece: str, logprobs: Any = None, provenance: dict[str, Any] | None = None) -> list[str]:
         """The events for a piece of generated text (none while a tool call is being held); `logprobs`:
-        its tokens' entries in OpenAI's shape, when asked for."""
+        its tokens' entries in OpenAI's shape, when asked for; `provenance`: its tokens' sources (our
+        `specdecode` extension, only when asked for: the chunk is otherwise unchanged)."""
         if self.tools is not None:
             piece = self.tools.feed(piece)
             if not piece:
                 return []
-        return [self.event([self._delta({"content": piece} if self.chat else piece, None, logprobs)])]
+        extra = {} if provenance is None else {"specdecode": provenance}
+        delta = self._delta({"content": piece} if self.chat else piece, None, logprobs)
+        return [self.event([delta], **extra)]
 
     def end(self, finish: str, usage: dict[str, Any], include_usage: bool, logprobs: Any = None
             ) -> list[str]:

@@ -1,19 +1,27 @@
 """Request bodies of the OpenAI-compatible endpoints, validated, and their OpenAI-shaped errors.
 
-Fields OpenAI defines and we honour are typed and range-checked; fields OpenAI defines that we cannot
-honour yet (n > 1, echo, logit_bias) are refused with a 400 naming them rather than silently ignored.
+Types are as strict as OpenAI's: no coercion between JSON types (`"yes"` is not a boolean, `"5"` not an
+integer, `1.5` not an integer; an integer is a number), and `content` is required on every message but an
+assistant's that carries tool calls. Fields OpenAI defines and we honour are typed and range-checked;
+fields OpenAI defines that we cannot honour yet (n > 1, echo, logit_bias) are refused with a 400 naming
+them rather than silently ignored.
 Unknown extra fields are ignored, as clients send many. Structured output, penalties and logprobs are
 turned into generation options by `server.constraints`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..sampling import TEMPERATURE_MAX
 from .tool_schemas import NamedToolChoice, Tool, ToolCall, ToolChoice
+
+MAX_TOKENS_LIMIT = (1 << 31) - 1  # no context holds more; larger values are refused, smaller ones clamped
+MAX_MESSAGES = 8192  # more would take the event loop a noticeable time to validate, and fit no context
+MAX_STOPS = 64  # each is checked at every token (OpenAI takes 4; Continue sends 10)
 
 
 class APIError(Exception):
@@ -38,7 +46,7 @@ class APIError(Exception):
 class SpeculativeOptions(BaseModel):
     """Our extension: how to speculate for this request (defaults: the server's settings)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     gamma: int | Literal["auto"] | None = Field(None, description="draft tokens per target call, or auto")
     gamma_max: int | None = Field(None, ge=1, le=32)
@@ -52,6 +60,15 @@ class SpeculativeOptions(BaseModel):
         return value
 
 
+class SpecdecodeOptions(BaseModel):
+    """Our extension `specdecode`: what else to report. provenance: every streamed chunk (and a whole
+    response) carries a `specdecode` object saying which source produced each token of its text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provenance: bool = False
+
+
 def _drop_nulls(data: Any) -> Any:
     """`null` means "not set", as in OpenAI's API: a field sent as null takes its default."""
     if isinstance(data, dict):
@@ -60,6 +77,8 @@ def _drop_nulls(data: Any) -> Any:
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
     @model_validator(mode="before")
@@ -71,7 +90,7 @@ class StreamOptions(BaseModel):
 class Prediction(BaseModel):
     """OpenAI's Predicted Outputs: {"type": "content", "content": text or [{"type": "text", "text": ...}]}."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["content"]
     content: str | list[dict[str, Any]]
@@ -93,7 +112,7 @@ class Prediction(BaseModel):
 class JSONSchemaFormat(BaseModel):
     """`response_format.json_schema`: {"name", "description", "schema", "strict"}."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
     name: str | None = None
     description: str | None = None
@@ -104,7 +123,7 @@ class JSONSchemaFormat(BaseModel):
 class ResponseFormat(BaseModel):
     """OpenAI's `response_format`: {"type": "text" | "json_object" | "json_schema", "json_schema": ...}."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
@@ -113,7 +132,7 @@ class ResponseFormat(BaseModel):
 class _Common(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -121,18 +140,19 @@ class _Common(BaseModel):
         return _drop_nulls(data)
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(1.0, ge=0.0, le=TEMPERATURE_MAX)  # the bounds of SamplingParams
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # extension (as vLLM and llama.cpp accept)
     min_p: float = Field(0.0, ge=0.0, le=1.0)  # extension
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)  # what torch.Generator takes
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     speculative: SpeculativeOptions | None = None
+    specdecode: SpecdecodeOptions | None = None  # extension: token provenance (server.provenance)
     prediction: Prediction | None = None
     user: str | None = None
     cache_prompt: bool | None = None  # llama-server's: false reads the whole prompt (no prefix reuse)
@@ -216,13 +236,22 @@ class CompletionRequest(_Common):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant messages: the calls it made
     tool_call_id: str | None = None  # tool messages: the call this result answers
+
+    @model_validator(mode="after")
+    def _content(self) -> ChatMessage:
+        """`content` is required (not missing, not null) but on an assistant message with tool calls."""
+        if self.content is None and (self.role != "assistant" or not self.tool_calls):
+            need = ("an assistant message needs content, or tool_calls" if self.role == "assistant" else
+                    f"a {self.role} message needs content: a string or an array of content parts")
+            raise PydanticCustomError("content_required", need)
+        return self
 
     def text(self) -> str:
         """The message's text (content parts of type "text" joined; other parts refused)."""
@@ -260,8 +289,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
-    tools: list[Tool] | None = None
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
+    tools: list[Tool] | None = Field(None, max_length=128)  # OpenAI's limit
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
 

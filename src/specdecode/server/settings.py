@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .limits import DEFAULT_MAX_BODY_MB
+
 # the prefix cache's defaults (BENCHMARKS.md, prefix cache): finished sequences go to host memory, not to
 # the KV buffer, where every parked position slows every decode step (2048 parked: 1.09x a step's time)
 DEFAULT_CACHE_TOKENS = 0
@@ -28,6 +30,7 @@ class ServerSettings:
         prefix_cache: bool = True,
         cache_tokens: int = DEFAULT_CACHE_TOKENS,
         cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
+        max_body_mb: float = DEFAULT_MAX_BODY_MB,
     ) -> None:
         self.model_name, self.gamma, self.gamma_max = model_name, gamma, gamma_max
         # batching (llama.cpp): requests at once, KV positions they share (None: the model's trained
@@ -40,3 +43,4 @@ class ServerSettings:
         # default_max_tokens: a chat completion's limit when the request sets none (None: the context's end)
         self.api_key, self.max_waiting, self.default_max_tokens = api_key, max_waiting, default_max_tokens
         self.cors_origins = list(cors_origins or [])  # browser origins allowed besides loopback and our own
+        self.max_body_mb = max_body_mb  # larger request bodies get a 413 before they are read

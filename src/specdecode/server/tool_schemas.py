@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Lenient(BaseModel):
-    """Unknown fields are ignored and `null` means "not set", as clients send both."""
+    """Unknown fields are ignored and `null` means "not set", as clients send both; types are strict."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
