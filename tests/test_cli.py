@@ -178,15 +178,23 @@ def test_ctrl_c_prints_partial_text_and_stats_and_exits_130(tmp_path):
     model.config.max_position_embeddings = 1_000_000  # long enough to still be running when interrupted
     path = _save(model, tmp_path / "long", char_tokenizer())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C as a terminal delivers it, even where this test runs with SIGINT ignored (a background job:
+    # the child would inherit SIG_IGN and never see it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "specdecode.cli", "generate", "--target", path, "--draft", "none",
          "--dtype", "fp32", "--quiet", "--max-new-tokens", "500000", PROMPT],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
-    first = proc.stdout.read(20)  # generation is under way
-    proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=120)
+    try:
+        first = proc.stdout.read(20)  # generation is under way
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave it generating
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err.decode()
     assert len(first) == 20 and rest.endswith(b"\n")
     err_text = err.decode()
