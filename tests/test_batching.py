@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,6 +23,7 @@ from specdecode.compare import first_divergence, near_tie_margin  # noqa: E402
 from specdecode.drafters import NgramDrafter  # noqa: E402
 from specdecode.gamma import AutoGamma, BatchLoad, CostModel  # noqa: E402
 
+from .serve_process import serve_process  # noqa: E402
 from .tiny_gguf import write_tiny_llama  # noqa: E402
 
 CTX = 1024  # positions per request
@@ -190,36 +188,14 @@ def _metric(url: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(files, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("server-log") / "server.log", "w+b")  # noqa: SIM115
-    proc = subprocess.Popen(
-        # a KV buffer per request: on this f32 model a request's logits are then bitwise the same whatever
-        # else is in the call, so any difference from its one-at-a-time text would be the scheduler's
-        # (mixed states or random streams), not the kernels' summation order
-        [sys.executable, "-m", "specdecode.cli", "serve", "--target", files["target"], "--draft",
-         f"ngram+{files['draft']}", "--port", str(port), "--parallel", "8", "--ctx-size", str(8 * CTX),
-         "--max-waiting", "64", "--served-model-name", "tiny", "--quiet", "--no-kv-unified"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited: {log.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.seek(0)
-    print(log.read().decode(errors="replace")[-3000:])  # shown by pytest when a test failed
-    log.close()
+    # a KV buffer per request: on this f32 model a request's logits are then bitwise the same whatever
+    # else is in the call, so any difference from its one-at-a-time text would be the scheduler's
+    # (mixed states or random streams), not the kernels' summation order
+    args = ["--target", files["target"], "--draft", f"ngram+{files['draft']}", "--parallel", "8",
+            "--ctx-size", str(8 * CTX), "--max-waiting", "64", "--served-model-name", "tiny", "--quiet",
+            "--no-kv-unified"]
+    with serve_process(args, _free_port(), tmp_path_factory.mktemp("server-log") / "server.log") as url:
+        yield url
 
 
 def _complete(url: str, body: dict) -> dict:

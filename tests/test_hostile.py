@@ -6,9 +6,6 @@ specdecode.bench.hostile, which benchmarks/hostile.py runs against the built-in 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,6 +15,7 @@ pytest.importorskip("llama_cpp")
 
 from specdecode.bench.hostile import VALID, free_port, run_mix, timed_valid  # noqa: E402
 
+from .serve_process import serve_process  # noqa: E402
 from .tiny_gguf import write_tiny_llama  # noqa: E402
 
 REFUSE_S = 2.0  # every hostile request is answered within this
@@ -31,35 +29,12 @@ def server(tmp_path_factory):
     # something), small enough to write in a moment; f32 with a KV buffer per request, so that its greedy
     # text beside other requests is bitwise its text alone (tests/test_batching.py)
     target = write_tiny_llama(d / "target.gguf", dim=256, layers=4, ffn=1024)
-    port = free_port()
-    log = open(d / "server.log", "w+b")  # noqa: SIM115
     # one thread: a model thread that does not fight other processes' load for both cores keeps the
     # timings meaningful on a shared machine; every other setting is serve's default
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "specdecode.cli", "serve", "--target", str(target), "--draft", "none",
-         "--threads", "1", "--port", str(port), "--ctx-size", "8192", "--no-kv-unified",
-         "--served-model-name", "tiny", "--quiet"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited: {log.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.seek(0)
-    print(log.read().decode(errors="replace")[-3000:])  # shown by pytest when a test failed
-    log.close()
+    args = ["--target", str(target), "--draft", "none", "--threads", "1", "--ctx-size", "8192",
+            "--no-kv-unified", "--served-model-name", "tiny", "--quiet"]
+    with serve_process(args, free_port(), d / "server.log") as url:
+        yield url
 
 
 def test_a_valid_request_beside_hostile_ones(server):
