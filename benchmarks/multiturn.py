@@ -178,33 +178,40 @@ def report(res: dict[str, Any]) -> str:
     peer = "llama-server -np 4"
     lines = [f"# Prefix cache: time to first token, {res['date']}", "", f"Machine: {res['machine']}", "",
              f"Command: `{res['command']}`; built-in target Qwen2.5-Coder-1.5B Q4_K_M, greedy, 4 slots of "
-             f"{CTX} positions, 2 threads; max tokens {res['max_tokens']}.", "",
-             "## a) 4-turn chat over a ~2k-token module (TTFT s per turn)", "",
-             "| server | turn 1 | turn 2 | turn 3 | turn 4 | median 2-4 | vs llama-server "
-             "| cached (turns 2-4) |",
-             "|---|---|---|---|---|---|---|---|"]
-    med_a = {n: median([t["ttft_s"] for t in res["servers"][n]["a"][1:]]) for n in names}
-    for n in names:
+             f"{CTX} positions, 2 threads; max tokens {res['max_tokens']}.", ""]
+
+    def ran(key: str) -> bool:  # a workload every server ran (--only may leave some out)
+        return all(key in res["servers"][n] for n in names)
+
+    if ran("a"):
+        lines += ["## a) 4-turn chat over a ~2k-token module (TTFT s per turn)", "",
+                  "| server | turn 1 | turn 2 | turn 3 | turn 4 | median 2-4 | vs llama-server "
+                  "| cached (turns 2-4) |",
+                  "|---|---|---|---|---|---|---|---|"]
+    med_a = {n: median([t["ttft_s"] for t in res["servers"][n]["a"][1:]]) for n in names} if ran("a") else {}
+    for n in names if ran("a") else []:
         turns = res["servers"][n]["a"]
         cached = [str(t["usage"].get("prompt_tokens_details", {}).get("cached_tokens", "-"))
                   for t in turns[1:]]
         ratio = f"{med_a[n] / med_a[peer]:.2f}x" if peer in med_a else "-"
         lines.append(f"| {n} | " + " | ".join(f"{t['ttft_s']:.2f}" for t in turns) +
                      f" | {med_a[n]:.2f} | {ratio} | {', '.join(cached)} |")
-    lines += ["", "## b) 8 users, one ~1.5k-token system prompt (TTFT s)", "",
-              "| server | all at once: median | max | one after another: median | first | rest median |",
-              "|---|---|---|---|---|---|"]
-    for n in names:
+    if ran("b"):
+        lines += ["", "## b) 8 users, one ~1.5k-token system prompt (TTFT s)", "",
+                  "| server | all at once: median | max | one after another: median | first | rest median |",
+                  "|---|---|---|---|---|---|"]
+    for n in names if ran("b") else []:
         b = res["servers"][n]["b"]
         conc, seq = [r["ttft_s"] for r in b["concurrent"]], [r["ttft_s"] for r in b["sequential"]]
         lines.append(f"| {n} | {median(conc):.2f} | {max(conc):.2f} | {median(seq):.2f} | {seq[0]:.2f} | "
                      f"{median(seq[1:]):.2f} |")
-    lines += ["", "## c) agent loop: 6 requests, each the conversation so far + ~100 tokens (TTFT s)", "",
-              "| server | " + " | ".join(f"step {i + 1}" for i in range(6))
-              + " | median 2-6 | vs llama-server |",
-              "|---|" + "---|" * 8]
-    med_c = {n: median([s["ttft_s"] for s in res["servers"][n]["c"][1:]]) for n in names}
-    for n in names:
+    if ran("c"):
+        lines += ["", "## c) agent loop: 6 requests, each the conversation so far + ~100 tokens (TTFT s)", "",
+                  "| server | " + " | ".join(f"step {i + 1}" for i in range(6))
+                  + " | median 2-6 | vs llama-server |",
+                  "|---|" + "---|" * 8]
+    med_c = {n: median([s["ttft_s"] for s in res["servers"][n]["c"][1:]]) for n in names} if ran("c") else {}
+    for n in names if ran("c") else []:
         steps = res["servers"][n]["c"]
         ratio = f"{med_c[n] / med_c[peer]:.2f}x" if peer in med_c else "-"
         lines.append(f"| {n} | " + " | ".join(f"{s['ttft_s']:.2f}" for s in steps) +
@@ -229,9 +236,11 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for n, s in res["servers"].items():
-        axes[0].plot(range(1, 5), [t["ttft_s"] for t in s["a"]], marker="o", label=n)
-        axes[2].plot(range(1, 7), [t["ttft_s"] for t in s["c"]], marker="o", label=n)
-    names = list(res["servers"])
+        if "a" in s:
+            axes[0].plot(range(1, 5), [t["ttft_s"] for t in s["a"]], marker="o", label=n)
+        if "c" in s:
+            axes[2].plot(range(1, 7), [t["ttft_s"] for t in s["c"]], marker="o", label=n)
+    names = [n for n, s in res["servers"].items() if "b" in s]
     conc = [median([r["ttft_s"] for r in res["servers"][n]["b"]["concurrent"]]) for n in names]
     seq = [median([r["ttft_s"] for r in res["servers"][n]["b"]["sequential"]]) for n in names]
     x = range(len(names))
@@ -246,7 +255,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         if xl:
             ax.set_xlabel(xl)
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.has_data():
+            ax.legend(fontsize=8)
     fig.suptitle(f"Prefix cache, {res['machine']}, {res['date']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
