@@ -280,3 +280,25 @@ def test_tokenizer_outlives_its_model(files):
     tokenizer = LlamaCppModel(files["target"]).tokenizer
     gc.collect()
     assert tokenizer.decode(tokenizer("hello world")["input_ids"]) == "hello world"
+
+
+def test_a_cached_cost_curve_far_from_this_machine_is_measured_again(target, tmp_path, monkeypatch):
+    """A calibration cached while the CPU was busy (tens of times too slow) must not steer gamma=auto for
+    good: a quick T(1) check finds it stale and the curve is measured again and saved."""
+    from specdecode import costs
+    from specdecode.costs import calibrate
+
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    fresh = calibrate(target, NgramDrafter(), 4)
+    path = tmp_path / "calibration.json"
+    saved = json.loads(path.read_text())
+    assert len(saved) == 1
+    with monkeypatch.context() as m:  # a tiny model's millisecond timings are noisy: a wide bound here
+        m.setattr(costs, "STALE", 1000.0)
+        assert calibrate(target, NgramDrafter(), 4).target_s == fresh.target_s  # still true: used as cached
+    key = next(iter(saved))
+    saved[key]["target_s"] = {k: v * 500 for k, v in saved[key]["target_s"].items()}  # measured under load
+    path.write_text(json.dumps(saved))
+    again = calibrate(target, NgramDrafter(), 4)
+    assert again.t(1) < 50 * fresh.t(1)  # measured anew, not the stale 500x
+    assert json.loads(path.read_text())[key]["target_s"]["1"] < 50 * fresh.t(1)  # and saved

@@ -50,6 +50,18 @@ def calibration_ks(k_max: int) -> list[int]:
     return sorted(ks)
 
 
+STALE = 3.0  # a cached curve whose T(1) is this many times off a fresh measurement is measured again
+
+
+def _still_true(cached: Any, target: Any) -> bool:
+    """Whether a cached curve still describes this machine: a quick T(1) within STALE times its cached
+    value (a curve measured while other work loaded the CPU can be tens of times too slow, and would
+    steer gamma=auto and every "x vs plain" figure for good)."""
+    now = cost_curve(target, [1], context=16, repeats=2)[1]
+    cached_t1 = cached.t(1)
+    return now > 0 and cached_t1 > 0 and 1 / STALE <= cached_t1 / now <= STALE
+
+
 def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
     """Measured T(k), k up to gamma_max+1 (see `calibration_ks`), of the target and the drafter's call
     time, cached on disk per (target, draft, dtype, device, machine, threads) when the models have names."""
@@ -67,7 +79,7 @@ def calibrate(target: Any, drafter: Any, gamma_max: int) -> Any:
                 if n not in ("ngram", "prediction", "grammar"))
     if named:
         cached = load_calibration(path, key)
-        if cached is not None and max(cached.target_s) >= gamma_max + 1:
+        if cached is not None and max(cached.target_s) >= gamma_max + 1 and _still_true(cached, target):
             return cached
     costs = CostModel(cost_curve(target, calibration_ks(gamma_max + 1), context=32, repeats=2),
                       draft_call_seconds(drafter))
