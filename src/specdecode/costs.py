@@ -56,7 +56,10 @@ STALE = 3.0  # a cached curve whose T(1) is this many times off a fresh measurem
 def _still_true(cached: Any, target: Any) -> bool:
     """Whether a cached curve still describes this machine: a quick T(1) within STALE times its cached
     value (a curve measured while other work loaded the CPU can be tens of times too slow, and would
-    steer gamma=auto and every "x vs plain" figure for good)."""
+    steer gamma=auto and every "x vs plain" figure for good). A model that already holds a cache (a
+    prompt loaded from disk, a reused prefix) is not disturbed: the cached curve is trusted then."""
+    if int(getattr(target, "length", 0) or 0) > 0:
+        return True
     now = cost_curve(target, [1], context=16, repeats=2)[1]
     cached_t1 = cached.t(1)
     return now > 0 and cached_t1 > 0 and 1 / STALE <= cached_t1 / now <= STALE
