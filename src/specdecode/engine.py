@@ -180,10 +180,6 @@ class DecodeLoop:
         models = draft_models(self.drafter)
         return len(self.seq) - models[0].length if models else 0
 
-    def _draft_lags(self, source: str) -> bool:
-        """Whether a model draft would first have to catch up on more than a token or two."""
-        return self._lag(source) > 2
-
     def unfed(self) -> int:
         """Tokens of the sequence the target's cache still lacks (the prompt, before its prefill)."""
         return len(self.seq) - self.target.length
@@ -207,8 +203,9 @@ class DecodeLoop:
         source = draft_source(self.drafter, self.seq) if self.gamma > 0 else ""
         if load is not None:
             load.leave(self.unfed())
-        chosen = self.policy.choose(budget, source, load, self._lag(source)) if self.policy else self.gamma
-        if self.policy is not None and load is not None and load.rows > 0 and self._draft_lags(source):
+        lag = self._lag(source)
+        chosen = self.policy.choose(budget, source, load, lag) if self.policy else self.gamma
+        if self.policy is not None and load is not None and load.rows > 0 and lag > 2:
             chosen = 0  # its backlog would be fed serially while every other sequence of the step waits
         gamma = min(chosen, self.gamma, budget - 1)
         draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
