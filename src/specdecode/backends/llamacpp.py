@@ -17,6 +17,7 @@ import torch
 
 from ..cache import common_prefix
 from ..machine import available_cores
+from . import llamacpp_invariant as invariant
 from .gguf_tokenizer import GGUFTokenizer
 from .llamacpp_cache import restore_sequence, reuse_refusal, save_sequence
 
@@ -166,7 +167,9 @@ class LlamaCppModel:
     backend = "llama.cpp"
 
     def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, n_ctx: int | None = None,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, deterministic: bool = False) -> None:
+        if deterministic:
+            invariant.prepare_process()
         lib = self._lib = llama_cpp()
         self.path = str(Path(check_gguf_file(path)).resolve())
         if n_threads is not None and n_threads < 1:
@@ -174,6 +177,9 @@ class LlamaCppModel:
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
         params.load_mode = lib.LLAMA_LOAD_MODE_MMAP
+        self.deterministic = bool(deterministic)
+        if deterministic:
+            invariant.model_params(params)
         _log.clear()
         self._weights = _Weights(lib, lib.llama_model_load_from_file(self.path.encode(), params))
         self._model = self._weights.ptr
@@ -207,6 +213,8 @@ class LlamaCppModel:
         self._tokens: list[int] = []
         self._batch: TokenBatch | None = TokenBatch(lib, self.n_batch, self.vocab_size)
         self.no_reuse = reuse_refusal(lib, self._model)  # why cached prefixes cannot be reused, if so
+        if deterministic:
+            invariant.check(lib, self._model, self.vocab_size, self.path, self.n_threads)
         self._new_context(n_ctx or 4096)
 
     # -- the CausalLM protocol -------------------------------------------------------------------------
@@ -222,7 +230,7 @@ class LlamaCppModel:
     @property
     def dtype(self) -> str:
         """What the weights are computed in: the GGUF's quantisation, as llama.cpp describes the model."""
-        return f"gguf ({self.description})"
+        return f"gguf ({self.description}{', deterministic kernels' if self.deterministic else ''})"
 
     def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
         """Append `input_ids` [1, T]; return float32 logits [1, k, V] of the last k = `logits_to_keep`
@@ -352,6 +360,8 @@ class LlamaCppModel:
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = self.n_threads
         params.no_perf = True
+        if self.deterministic:
+            invariant.context_params(params)
         self._free_context()
         self._ctx = lib.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -393,4 +403,5 @@ class LlamaCppModel:
             pass
 
     def __repr__(self) -> str:
-        return f"LlamaCppModel({self.path!r}, {self.description}, threads={self.n_threads})"
+        mode = ", deterministic" if self.deterministic else ""
+        return f"LlamaCppModel({self.path!r}, {self.description}, threads={self.n_threads}{mode})"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..cache import PrefixCache
+from . import llamacpp_invariant as invariant
 from .llamacpp import LlamaCppModel, TokenBatch, _log_once, _recent_log, check_token_ids
 from .llamacpp_cache import LlamaKVStore
 
@@ -44,6 +45,12 @@ class SequencePool:
                  kv_unified: bool = True, cache_tokens: int = 0, cache_ram: int = 0) -> None:
         if n_seq < 1:
             raise ValueError(f"the number of parallel sequences must be >= 1, got {n_seq}")
+        if model.deterministic and kv_unified:
+            # in a shared buffer a sequence's cells can land out of order in holes left by the others, and
+            # attention sums them in buffer order: one buffer per sequence keeps each text its own
+            _log_once(f"{model.path}: deterministic mode: one KV buffer per request (no prefix cache "
+                      "across requests)")
+            kv_unified = False
         per_seq = n_ctx if kv_unified else n_ctx // n_seq
         if per_seq < 16:
             raise ValueError(f"the context per sequence must be at least 16 positions, got {per_seq}")
@@ -72,6 +79,8 @@ class SequencePool:
         params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = model.n_threads
         params.no_perf = True
+        if model.deterministic:
+            invariant.context_params(params)
         self._ctx = lib.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise ValueError(

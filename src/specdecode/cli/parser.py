@@ -228,6 +228,9 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
                    help="transformers only: bf16, fp16 or fp32 (default: bf16 where the hardware runs it "
                    "fast)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="llama.cpp only: batch-invariant kernels, so greedy texts are identical alone, "
+                   "batched, drafted or plain (slower: see BENCHMARKS.md)")
 
 
 def _gamma(text: str) -> int | str:
