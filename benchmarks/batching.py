@@ -43,7 +43,7 @@ PROMPTS = [
 CONFIGS = {
     "defaults (--parallel 4)": [],
     "--parallel 8": ["--parallel", "8"],
-    "--parallel 8, n-gram drafts only": ["--parallel", "8", "--draft", "ngram"],
+    "--parallel 8 --draft ngram": ["--parallel", "8", "--draft", "ngram"],
     "--parallel 8 --deterministic": ["--parallel", "8", "--deterministic"],
 }
 

@@ -83,7 +83,7 @@ def messages(task: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def run(gen: sd.SpeculativeGenerator, task: dict[str, Any], mode: str, max_tokens: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(chat=True, max_new_tokens=max_tokens, temperature=0)
+    kwargs: dict[str, Any] = dict(chat=True, max_new_tokens=max_tokens, temperature=0, cache_prompt=False)
     if mode != "plain":
         kwargs["constraint"] = sd.Constraint.json(task["schema"], strict=True)
     if mode == "constrained":
@@ -101,6 +101,30 @@ def run(gen: sd.SpeculativeGenerator, task: dict[str, Any], mode: str, max_token
             "valid": obj is not None and valid(obj, task["schema"]), "text": res.text}
 
 
+def run_llama_server(server: Any, task: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """The same task through llama-server's OpenAI endpoint with the same schema as `response_format`."""
+    import httpx
+
+    body = {"messages": messages(task), "max_tokens": max_tokens, "temperature": 0, "cache_prompt": False,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": task["name"], "schema": task["schema"], "strict": True}}}
+    start = time.perf_counter()
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=900)
+    wall = time.perf_counter() - start
+    r.raise_for_status()
+    out = r.json()
+    text = out["choices"][0]["message"]["content"] or ""
+    tokens = int(out["usage"]["completion_tokens"])
+    timings = out.get("timings", {})
+    obj = parse(text)
+    return {"task": task["name"], "mode": server.name, "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall,
+            "decode_tokens_per_s": float(timings.get("predicted_per_second", 0)),
+            "prefill_s": float(timings.get("prompt_ms", 0)) / 1000, "target_calls": 0,
+            "finish_reason": out["choices"][0].get("finish_reason"),
+            "valid": obj is not None and valid(obj, task["schema"]), "text": text}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
@@ -108,6 +132,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--tasks", nargs="*", help="task names (default: all eight)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--llama-server-modes", default="",
+                    help="also run llama-server in these modes (e.g. plain,ngram-mod) with the same schema")
     args = ap.parse_args()
     target = sd.load_model(args.target)
     plain_gen = sd.SpeculativeGenerator(target)
@@ -115,20 +141,27 @@ def main() -> None:
     gens = {"plain": plain_gen, "constrained": plain_gen, "speculative": spec_gen}
     tasks = [t for t in TASKS if not args.tasks or t["name"] in args.tasks]
     modes = ["plain", "constrained", "speculative"]
+    servers = _llama_servers(args.llama_server_modes)
+    modes += [s.name for s in servers]
     run(spec_gen, tasks[0], "speculative", 16)  # warm-up (and auto-gamma's cost calibration, cached on disk)
     run(plain_gen, tasks[0], "plain", 16)
     results = []
     for r in range(args.rounds):
         for i, task in enumerate(tasks):
-            order = modes[(r + i) % 3 :] + modes[: (r + i) % 3]
-            for mode in order:
-                out = run(gens[mode], task, mode, args.max_tokens)
+            k = (r + i) % len(modes)
+            for mode in modes[k:] + modes[:k]:
+                if mode in gens:
+                    out = run(gens[mode], task, mode, args.max_tokens)
+                else:
+                    out = run_llama_server(next(s for s in servers if s.name == mode), task, args.max_tokens)
                 out["round"] = r
                 results.append(out)
                 print(f"round {r} {task['name']:15s} {mode:12s} {out['tokens']:4d} tok {out['wall_s']:6.2f}s "
                       f"{out['decode_tokens_per_s']:6.2f} tok/s decode, {out['target_calls']:4d} calls, "
                       f"valid={out['valid']}", flush=True)
-    summary = summarise(results, tasks)
+    for server in servers:
+        server.close()
+    summary = summarise(results, tasks, [s.name for s in servers])
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": describe(), "target": args.target, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "drafter": "ngram (max_n=3) + grammar forced tokens",
@@ -139,10 +172,28 @@ def main() -> None:
     print(report(meta, summary))
 
 
-def summarise(results: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def _llama_servers(modes: str) -> list[Any]:
+    """llama-server (one slot) per requested mode, on the built-in target's GGUF."""
+    if not modes:
+        return []
+    from specdecode.bench.llama_server import LlamaServerRunner, find_llama_server
+    from specdecode.registry import BUILTINS, gguf_file
+
+    binary = find_llama_server()
+    if binary is None:
+        sys.exit("llama-server is not built: run `make llama-server`, or drop --llama-server-modes")
+    gguf = str(gguf_file(BUILTINS["qwen2.5-coder-1.5b"], quiet=True))
+    servers = [LlamaServerRunner(binary, gguf, m.strip(), n_ctx=4096) for m in modes.split(",") if m.strip()]
+    for s in servers:  # warm-up
+        run_llama_server(s, TASKS[0], 16)
+    return servers
+
+
+def summarise(results: list[dict[str, Any]], tasks: list[dict[str, Any]],
+              peers: list[str] | None = None) -> dict[str, Any]:
     med = statistics.median
     out: dict[str, Any] = {"modes": {}, "tasks": {}}
-    for mode in ("plain", "constrained", "speculative"):
+    for mode in ("plain", "constrained", "speculative", *(peers or [])):
         rs = [r for r in results if r["mode"] == mode]
         out["modes"][mode] = {
             "median_tokens_per_s": med(r["tokens_per_s"] for r in rs),
@@ -168,6 +219,16 @@ def summarise(results: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dic
         m["constrained"]["median_decode_tokens_per_s"]
     per_task = [t["plain"]["wall_s"] / t["speculative"]["wall_s"] for t in out["tasks"].values()]
     out["median_wall_ratio_plain_over_speculative"] = med(per_task)
+    for peer in peers or []:
+        walls = [r["wall_s"] for r in results if r["mode"] == peer]
+        ratios = [med(r["wall_s"] for r in results if r["mode"] == peer and r["task"] == t["name"])
+                  / med(r["wall_s"] for r in results if r["mode"] == "speculative" and r["task"] == t["name"])
+                  for t in tasks]
+        out.setdefault("peers", {})[peer] = {
+            "median_wall_s": med(walls), "median_wall_ratio_peer_over_speculative": med(ratios),
+            "decode_ratio_speculative_over_peer": m["speculative"]["median_decode_tokens_per_s"]
+            / max(out["modes"][peer]["median_decode_tokens_per_s"], 1e-9)}
+    return out
     return out
 
 
@@ -178,6 +239,8 @@ def report(meta: dict[str, Any], s: dict[str, Any]) -> str:
              "| mode | median tok/s | median decode tok/s | median wall s | median tokens | tokens/call | "
              "schema-valid |", "|---|---|---|---|---|---|---|"]
     for mode, v in s["modes"].items():
+        if mode not in ("plain", "constrained", "speculative"):
+            v = {**v, "tokens_per_call": float("nan")}
         lines.append(f"| {mode} | {v['median_tokens_per_s']:.2f} | {v['median_decode_tokens_per_s']:.2f} | "
                      f"{v['median_wall_s']:.2f} | {v['median_tokens']:.0f} | {v['tokens_per_call']:.2f} | "
                      f"{v['valid']} |")
@@ -190,6 +253,11 @@ def report(meta: dict[str, Any], s: dict[str, Any]) -> str:
               "| task | plain tok / decode tok/s / valid | constrained tok / decode tok/s | "
               "speculative tok / decode tok/s / valid | speculative == constrained |",
               "|---|---|---|---|---|"]
+    for peer, v in s.get("peers", {}).items():
+        lines += ["", f"Against {peer} with the same schema: per-task wall time {peer} / ours "
+                  f"{v['median_wall_ratio_peer_over_speculative']:.2f}x (median), decode tok/s ours / {peer} "
+                  f"{v['decode_ratio_speculative_over_peer']:.2f}x."]
+    lines += [""]
     for name, t in s["tasks"].items():
         p, c, sp = t["plain"], t["constrained"], t["speculative"]
         lines.append(f"| {name} | {p['tokens']} / {p['decode_tokens_per_s']:.1f} / {p['valid']} | "

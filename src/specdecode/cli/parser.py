@@ -133,10 +133,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="the model id clients send (default: --target)")
     srv.add_argument("--max-waiting", type=int, default=64,
                      help="requests allowed to wait for the model; more get 503 (default 64)")
-    srv.add_argument("--parallel", "-np", type=int, default=4,
+    srv.add_argument("--parallel", "-np", type=int, default=8,
                      help="requests decoded at once, sharing each target call (continuous batching, "
                      "llama.cpp backend; the transformers backend serves one at a time). 1: one request at "
-                     "a time, first come first served (default 4)")
+                     "a time, first come first served (default 8)")
     srv.add_argument("--ctx-size", "-c", type=int, default=None,
                      help="KV positions, fixed up front and shared by the parallel requests (llama.cpp "
                      "backend); with --kv-unified one request may use them all, up to the model's trained "
