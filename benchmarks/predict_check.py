@@ -37,7 +37,8 @@ TINY_EDIT = BenchPrompt("tiny-edit", "edit", [{"role": "user", "content": "Renam
 # configuration -> (drafter: "model" | "ngram" | None, gamma, use the prompt's prediction)
 CHAT_CONFIGS = {"model gamma=4": ("model", 4, False), "model auto": ("model", "auto", False),
                 "ngram auto": ("ngram", "auto", False)}
-EDIT_CONFIGS = {"prediction+ngram auto": ("ngram", "auto", True), "ngram auto": ("ngram", "auto", False)}
+EDIT_CONFIGS = {"edits: prediction+ngram auto": ("ngram", "auto", True),
+                "edits: ngram auto": ("ngram", "auto", False)}
 
 
 def run_one(gen: SpeculativeGenerator, prompt: BenchPrompt, drafter: Any, gamma: int | str, prediction: bool,

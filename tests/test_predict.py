@@ -153,7 +153,8 @@ def test_predict_check_and_predict_gpu_run_end_to_end_on_tiny_models(tmp_path):
         sys.path.pop(0)
     assert predict_check.main(["--tiny", "--out", str(tmp_path / "pc")]) == 0
     report = json.loads((tmp_path / "pc" / "report.json").read_text())
-    assert set(report["configs"]) == {"model gamma=4", "model auto", "ngram auto", "prediction+ngram auto"}
+    assert set(report["configs"]) == {"model gamma=4", "model auto", "ngram auto",
+                                      "edits: prediction+ngram auto", "edits: ngram auto"}
     for row in report["configs"].values():
         assert row["measured"] > 0 and row["replay"] > 0 and row["closed_form"] > 0
     traces, _ = load_traces(tmp_path / "pc" / "traces.json")
