@@ -111,6 +111,10 @@ def run(out: Path, models: list[str], ks: list[int], contexts: list[int], batche
     bar = tqdm(total=len(cells), desc="cost curves", unit="curve", file=sys.stdout)
     for name in models:
         cfg = load_config(name, tiny)
+        if time.perf_counter() - started > budget_s:  # not even built
+            result["meta"]["skipped"].append(f"{name}: past the {budget_s:.0f} s budget")
+            bar.update(len(batches) * len(contexts))
+            continue
         t0 = time.perf_counter()
         model = build(cfg, device, dtype, seed)
         _sync(device)
