@@ -24,6 +24,7 @@ from .protocol import accepts_logits_to_keep, last_logits
 from .provenance import TokenSource, block_sources
 from .results import GenerationStats
 from .sampling import SamplingParams, adjusted_probs
+from .trace import StepRecord
 
 SHADOW_SOURCES = ("prediction", "ngram")  # lookups checked at plain steps too (free to propose)
 
@@ -50,7 +51,8 @@ class DecodeLoop:
     always rejected; the generation ends when the grammar is complete. penalties: applied per position
     likewise. logprobs (None: off; k: the top k alternatives too): `self.logprobs` gets one entry per
     emitted token, from the processed logits of the verify call. provenance: `self.sources` gets one
-    `TokenSource` per emitted token (which draft source, or the target, produced it).
+    `TokenSource` per emitted token (which draft source, or the target, produced it). trace: `self.trace`
+    gets one `specdecode.trace.StepRecord` per target call (what was fed, proposed, accepted, and cost).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class DecodeLoop:
         penalties: Penalties | None = None,
         logprobs: int | None = None,
         provenance: bool = False,
+        trace: bool = False,
     ) -> None:
         self.target, self.drafter, self.params = target, drafter, params
         self.grammar = grammar
@@ -77,6 +80,8 @@ class DecodeLoop:
         self._rows: torch.Tensor | None = None  # the processed logits of the last verify (for logprobs)
         self.sources: list[TokenSource] | None = [] if provenance else None
         self._accept_p: torch.Tensor | None = None  # acceptance probabilities of the last block (provenance)
+        self.trace: list[StepRecord] | None = [] if trace else None
+        self._mark: tuple[float, int, int] = (0.0, 0, 0)  # draft seconds, draft tokens, context at plan()
         self.gamma = gamma if drafter is not None else 0
         self.generator = generator
         self.eos = eos_token_ids
@@ -151,6 +156,8 @@ class DecodeLoop:
         self.logprobs.clear()  # in place: a stream reads this list as it grows
         if self.sources is not None:
             self.sources.clear()
+        if self.trace is not None:
+            self.trace.clear()
         self.stats.finish_reason = ""
 
     def begin_drafter(self) -> None:
@@ -209,6 +216,8 @@ class DecodeLoop:
             chosen = 0  # its backlog would be fed serially while every other sequence of the step waits
         gamma = min(chosen, self.gamma, budget - 1)
         draft_s, draft_calls = stats.draft_s - stats.draft_catchup_s, stats.draft_calls
+        if self.trace is not None:
+            self._mark = (stats.draft_s, stats.draft_tokens, int(self.target.length))
         q = None
         if gamma > 0:
             draft_tokens, q = self._propose(self.seq, gamma)
@@ -273,6 +282,8 @@ class DecodeLoop:
             assert self.top_logprobs is not None
             self.logprobs += token_logprobs(self._rows, new, self.top_logprobs)
             self._rows = None
+        if self.trace is not None:
+            self._record(source, gamma, n, len(new), fed, float(beta_iter), draft_calls, seconds)
         self.seq.extend(new)
         if drafter is not None and self.gamma > 0:
             drafter.commit(self.seq)
@@ -283,6 +294,15 @@ class DecodeLoop:
         elif self.generated >= self.max_new_tokens:
             stats.finish_reason, self.done = "length", True
         return new
+
+    def _record(self, source: str, gamma: int, accepted: int, emitted: int, fed: int, beta: float,
+                draft_calls: int, seconds: float) -> None:
+        """Append this step's `StepRecord` to the trace (recording only: nothing is decided here)."""
+        assert self.trace is not None
+        stats, (draft_s, draft_tokens, context) = self.stats, self._mark
+        self.trace.append(StepRecord(source, gamma, accepted, emitted, fed, context, beta,
+                                     stats.draft_calls - draft_calls, stats.draft_tokens - draft_tokens,
+                                     seconds, stats.draft_s - draft_s))
 
     def end(self) -> None:
         """Complete the stats (whatever ended the generation: done, a stop string, a disconnect, an error)."""

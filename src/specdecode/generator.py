@@ -106,7 +106,7 @@ class Generation:
             sources = self.loop.sources
             provenance = None if sources is None else sources[: len(self.text.token_ids)]
             self.result = GenerationResult(self.text.token_ids, self.text.text, self.loop.stats, logprobs,
-                                           provenance)
+                                           provenance, self.loop.trace)
         return self.result
 
 
@@ -187,6 +187,7 @@ class SpeculativeGenerator:
         repeat_last_n: int = 64,
         logprobs: int | None = None,
         provenance: bool = False,
+        trace: bool = False,
     ) -> Generation:
         """A generation to advance step by step (what `stream` runs; a batching server drives several).
 
@@ -221,6 +222,8 @@ class SpeculativeGenerator:
         provenance: record where each token came from (`result.provenance`: one
         `specdecode.provenance.TokenSource` per token: the draft source the target accepted it from, or
         the target's own "corrected", "bonus" or "plain" token).
+        trace: record every target call (`result.trace`: one `specdecode.trace.StepRecord` each, for
+        `specdecode.predict`); the output is the same either way.
         """
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
@@ -290,7 +293,8 @@ class SpeculativeGenerator:
         eos = set(getattr(target, "eos_token_ids", set()) or set())
         loop = DecodeLoop(target, drafter, params, gamma, generator, eos, prompt_ids, policy,
                           reuse=cache_prompt,
-                          grammar=matcher, penalties=penalties, logprobs=logprobs, provenance=provenance)
+                          grammar=matcher, penalties=penalties, logprobs=logprobs, provenance=provenance,
+                          trace=trace)
         loop.stats.prompt_tokens = len(prompt_ids)
         loop.stats.cached_tokens = int(target.length)
         return Generation(loop, sequence, max_new_tokens, TextStream(self.tokenizer, stops), tokens)
@@ -332,7 +336,7 @@ class SpeculativeGenerator:
         Keyword arguments as `open` (max_new_tokens, temperature, top_k, top_p, min_p, gamma, gamma_max,
         lookup_gamma_max, seed, stop, chat, generator, tokens, prediction, cache_prompt, constraint,
         grammar_drafts, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, logprobs,
-        provenance)."""
+        provenance, trace)."""
         generation = self.open(prompt, **kwargs)
         stream = GenerationStream(iter(()))
         stream.live_stats = generation.stats

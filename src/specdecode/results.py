@@ -94,13 +94,15 @@ class GenerationStats:
 class GenerationResult:
     """The new tokens only (prompt excluded), their decoded text ("" without a tokenizer) and stats;
     `logprobs` (when asked for): one `TokenLogprob` per token; `provenance` (when asked for): one
-    `specdecode.provenance.TokenSource` per token."""
+    `specdecode.provenance.TokenSource` per token; `trace` (when asked for): one
+    `specdecode.trace.StepRecord` per target call."""
 
     token_ids: list[int]
     text: str
     stats: GenerationStats
     logprobs: list[Any] | None = None
     provenance: list[Any] | None = None
+    trace: list[Any] | None = None
 
     @property
     def finish_reason(self) -> str:
