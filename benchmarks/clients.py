@@ -7,7 +7,9 @@ the edited files are equal across servers (aider sends temperature 0).
 
 The files (benchmarks/clients/files: Python standard-library modules, none in the edit benchmark's set)
 and their rename tasks are listed in TASKS. All servers are started once, one slot each, and stay up;
-each file is edited by each server in turn (interleaved), in a fresh directory, `--no-git`. Writes
+each file is edited by each server in turn (interleaved), in a fresh directory, `--no-git`, with
+aider's lint step off (`--no-auto-lint`: the files share names with standard-library modules, which
+break flake8 when run beside them, and aider then asks the model to "fix" them until the time limit). Writes
 results.json and report.md.
 """
 
@@ -124,7 +126,7 @@ def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[st
     cmd = [aider, "--model", "openai/qwen", "--openai-api-base", f"{url}/v1", "--openai-api-key", "unused",
            "--edit-format", fmt, "--yes-always", "--no-git", "--no-auto-commits", "--no-check-update",
            "--no-analytics", "--no-show-model-warnings", "--no-pretty", "--map-tokens", "0",
-           "--no-show-release-notes", "--no-detect-urls", "--message", message, file]
+           "--no-show-release-notes", "--no-detect-urls", "--no-auto-lint", "--message", message, file]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s,
