@@ -253,17 +253,16 @@ def report(meta: dict[str, Any], s: dict[str, Any]) -> str:
               "| task | plain tok / decode tok/s / valid | constrained tok / decode tok/s | "
               "speculative tok / decode tok/s / valid | speculative == constrained |",
               "|---|---|---|---|---|"]
-    for peer, v in s.get("peers", {}).items():
-        lines += ["", f"Against {peer} with the same schema: per-task wall time {peer} / ours "
-                  f"{v['median_wall_ratio_peer_over_speculative']:.2f}x (median), decode tok/s ours / {peer} "
-                  f"{v['decode_ratio_speculative_over_peer']:.2f}x."]
-    lines += [""]
     for name, t in s["tasks"].items():
         p, c, sp = t["plain"], t["constrained"], t["speculative"]
         lines.append(f"| {name} | {p['tokens']} / {p['decode_tokens_per_s']:.1f} / {p['valid']} | "
                      f"{c['tokens']} / {c['decode_tokens_per_s']:.1f} | {sp['tokens']} / "
                      f"{sp['decode_tokens_per_s']:.1f} / {sp['valid']} | "
                      f"{t['speculative_equals_constrained']} |")
+    for peer, v in s.get("peers", {}).items():
+        lines += ["", f"Against {peer} with the same schema: per-task wall time {peer} / ours "
+                  f"{v['median_wall_ratio_peer_over_speculative']:.2f}x (median), decode tok/s ours / {peer} "
+                  f"{v['decode_ratio_speculative_over_peer']:.2f}x."]
     return "\n".join(lines) + "\n"
 
 
