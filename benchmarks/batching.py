@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import Ours, one  # noqa: E402
+from serve_load import Ours, one, write_outputs  # noqa: E402
 from specdecode.machine import describe  # noqa: E402
 
 PROMPTS = [
@@ -41,7 +40,7 @@ PROMPTS = [
     "Give me a checklist for reviewing a pull request in a small team.",
 ]
 CONFIGS = {
-    "defaults (--parallel 4)": [],
+    "--parallel 4 (the default before 2026-12-06)": ["--parallel", "4"],
     "--parallel 8": ["--parallel", "8"],
     "--parallel 8 --draft ngram": ["--parallel", "8", "--draft", "ngram"],
     "--parallel 8 --deterministic": ["--parallel", "8", "--deterministic"],
@@ -63,7 +62,7 @@ async def together(url: str, max_tokens: int) -> tuple[list[dict[str, Any]], flo
 
 
 def measure(name: str, args: list[str], max_tokens: int, port: int) -> dict[str, Any]:
-    parallel = int(args[args.index("--parallel") + 1]) if "--parallel" in args else 4
+    parallel = int(args[args.index("--parallel") + 1]) if "--parallel" in args else 8  # serve's default
     rest = [a for i, a in enumerate(args) if a != "--parallel" and (i == 0 or args[i - 1] != "--parallel")]
     server = Ours(parallel, port, [*rest, "--ctx-size", "16384"])  # room for 8 answers in any layout
     try:
@@ -147,11 +146,7 @@ def main() -> None:
     margins(results["rows"])
     text = report(results)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "report.md").write_text(text)
+    write_outputs(args.out, results, text)
 
 
 if __name__ == "__main__":

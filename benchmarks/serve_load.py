@@ -203,11 +203,16 @@ def main() -> None:
                 print(f"round {rnd}, {n} clients, {name}: {agg:.2f} tok/s, TTFT {ttft:.2f} s", flush=True)
     text = report(results)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "report.md").write_text(text)
+    write_outputs(args.out, results, text)
+
+
+def write_outputs(out: str | None, results: dict[str, Any], text: str) -> None:
+    """results.json and report.md in the folder `out` (nothing when None)."""
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(results, indent=1))
+        (folder / "report.md").write_text(text)
 
 
 if __name__ == "__main__":
