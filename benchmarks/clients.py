@@ -6,7 +6,9 @@ the edited files are equal across servers (aider sends temperature 0).
     python benchmarks/clients.py --aider /tmp/aider-venv/bin/aider --out docs/benchmarks/DATE-clients
 
 The files (benchmarks/clients/files: Python standard-library modules, none in the edit benchmark's set)
-and their rename tasks are listed in TASKS. All servers are started once, one slot each, and stay up;
+and their rename tasks are listed in TASKS; `--heldout` edits another set (benchmarks/clients/heldout, its
+tasks in tasks.json), written by a helper who never saw the drafters, for checks after tuning. All servers
+are started once, one slot each, and stay up;
 each file is edited by each server in turn (interleaved), in a fresh directory, `--no-git`, with
 aider's lint step off (`--no-auto-lint`: the files share names with standard-library modules, which
 break flake8 when run beside them, and aider then asks the model to "fix" them until the time limit). Writes
@@ -38,14 +40,29 @@ from specdecode.bench.llama_server import MODES, find_llama_server  # noqa: E402
 from specdecode.machine import describe  # noqa: E402
 
 FILES = ROOT / "benchmarks" / "clients" / "files"
-# file -> (old name, new name): a rename touches the definition and every use, the rest is copied
+HELDOUT = ROOT / "benchmarks" / "clients" / "heldout"  # written by a helper who never saw the drafters
+# file -> (old name, new name, kind): a rename touches the definition and every use, the rest is copied
 TASKS = {
-    "genericpath.py": ("commonprefix", "common_prefix"),
-    "fnmatch.py": ("fnmatchcase", "match_case"),
-    "codeop.py": ("_maybe_compile", "_try_compile"),
-    "copyreg.py": ("_reconstructor", "_rebuild_object"),
-    "chunk.py": ("getname", "get_name"),
+    "genericpath.py": ("commonprefix", "common_prefix", "function"),
+    "fnmatch.py": ("fnmatchcase", "match_case", "function"),
+    "codeop.py": ("_maybe_compile", "_try_compile", "function"),
+    "copyreg.py": ("_reconstructor", "_rebuild_object", "function"),
+    "chunk.py": ("getname", "get_name", "method"),
 }
+
+
+def heldout_tasks() -> dict[str, tuple[str, str, str]]:
+    """The held-out set's tasks (benchmarks/clients/heldout/tasks.json), as TASKS."""
+    path = HELDOUT / "tasks.json"
+    if not path.is_file():
+        return {}
+    tasks = json.loads(path.read_text())
+    return {f: (t["old"], t["new"], t.get("kind", "function")) for f, t in tasks.items()}
+
+
+def task_file(file: str) -> Path:
+    """Where `file` of either set lives."""
+    return FILES / file if file in TASKS else HELDOUT / file
 
 
 class OurServer:
@@ -118,11 +135,11 @@ class LlamaServer:
 
 def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[str, Any]:
     """One aider run on a fresh copy of `file`; what it took and what it left."""
-    old, new = TASKS[file]
+    old, new, kind = {**heldout_tasks(), **TASKS}[file]
     work = Path(tempfile.mkdtemp(prefix="aider-"))
-    shutil.copy(FILES / file, work / file)
-    message = (f"Rename the {'method' if file == 'chunk.py' else 'function'} `{old}` to `{new}` everywhere "
-               "in this file, including its uses. Change nothing else.")
+    shutil.copy(task_file(file), work / file)
+    message = (f"Rename the {kind} `{old}` to `{new}` everywhere in this file, including its uses. "
+               "Change nothing else.")
     cmd = [aider, "--model", "openai/qwen", "--openai-api-base", f"{url}/v1", "--openai-api-key", "unused",
            "--edit-format", fmt, "--yes-always", "--no-git", "--no-auto-commits", "--no-check-update",
            "--no-analytics", "--no-show-model-warnings", "--no-pretty", "--map-tokens", "0",
@@ -136,7 +153,7 @@ def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[st
         out, rc = f"timeout after {timeout_s} s: {exc.stdout or ''}", -1
     wall = time.perf_counter() - start
     text = (work / file).read_text()
-    original = (FILES / file).read_text()
+    original = task_file(file).read_text()
     expected = re.sub(rf"\b{re.escape(old)}\b", new, original)
     shutil.rmtree(work, ignore_errors=True)
     return {"file": file, "format": fmt, "wall_s": round(wall, 2), "rc": rc,
@@ -200,7 +217,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--aider", default="/tmp/aider-venv/bin/aider")
     p.add_argument("--formats", nargs="+", default=["whole"], choices=["whole", "diff"])
-    p.add_argument("--files", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--files", nargs="+", default=None,
+                   help=f"files to edit (default: {' '.join(TASKS)}; with --heldout, the held-out set's)")
+    p.add_argument("--heldout", action="store_true",
+                   help="edit the held-out files (benchmarks/clients/heldout)")
     p.add_argument("--modes", nargs="+", default=["plain", "ngram-mod"], help="llama-server modes")
     p.add_argument("--ours-args", default="", help="extra `specdecode serve` arguments")
     p.add_argument("--timeout", type=float, default=900)
@@ -208,6 +228,11 @@ def main() -> int:
     p.add_argument("--lock", default=None, help="a file to flock exclusively around each timed edit and "
                    "each server start (a machine shared with others), e.g. /tmp/cpu.lock")
     args = p.parse_args()
+    known = {**heldout_tasks(), **TASKS}
+    args.files = args.files or list(heldout_tasks() if args.heldout else TASKS)
+    unknown = [f for f in args.files if f not in known]
+    if unknown or not args.files:
+        p.error(f"no task for {unknown or 'the held-out set'}; known files: {', '.join(known)}")
     binary = find_llama_server()
     if binary is None:
         print("llama-server is not built (make llama-server): only our server runs", file=sys.stderr)

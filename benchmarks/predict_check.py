@@ -28,7 +28,7 @@ from specdecode.bench.workload import BenchPrompt, load_prompts
 from specdecode.costs import calibration_ks, cost_curve
 from specdecode.drafters import NgramDrafter
 from specdecode.predict import PairCosts, closed_form_traces, curves_payload, load_curves, replay
-from specdecode.trace import Trace, save_traces
+from specdecode.trace import Trace, load_traces, save_traces
 
 CHAT_TASKS = ["chat", "code_completion", "code_editing"]
 # the real edit prompts hold whole files: longer than the tiny models' 1024 positions in characters
@@ -127,6 +127,32 @@ def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
             load_model(args.draft, backend=args.backend, quiet=True))
 
 
+def run_prompts(args: argparse.Namespace, target: Any, draft: Any) -> list[Trace]:
+    """Plain decoding and each configuration on every prompt, interleaved prompt by prompt, traced."""
+    prompts = [(p, CHAT_CONFIGS) for p in load_prompts(tasks=CHAT_TASKS, per_task=args.per_task)]
+    if args.edits:
+        edits = [TINY_EDIT] if args.tiny else load_prompts(workload="edits")[: args.edits]
+        prompts += [(p, EDIT_CONFIGS) for p in edits]
+    plain_gen, gen = SpeculativeGenerator(target), SpeculativeGenerator(target, draft)
+    gen.generate("def warm_up():", max_new_tokens=8, gamma=2)  # first calls pay one-off setup costs
+    traces: list[Trace] = []
+    for prompt, configs in tqdm(prompts, desc="prompts", unit="prompt", file=sys.stdout):
+        traces.append(run_one(plain_gen, prompt, None, 1, False, args.max_new_tokens, "plain"))
+        for config, (source, gamma, prediction) in configs.items():
+            drafter = NgramDrafter() if source == "ngram" else None
+            traces.append(run_one(gen, prompt, drafter, gamma, prediction, args.max_new_tokens, config))
+    return traces
+
+
+def covering(contexts: list[int], longest: int) -> list[int]:
+    """`contexts`, plus the next power of two at or above `longest` when the runs went past the longest
+    of them (a curve is only extrapolated flat beyond its longest measured length: attention keeps
+    growing, so long edits would look cheaper than they ran)."""
+    if not contexts or longest <= contexts[-1]:
+        return contexts
+    return [*contexts, 1 << (longest - 1).bit_length()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -140,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny random models, 1 prompt per task, short")
+    ap.add_argument("--traces", type=Path, default=None,
+                    help="traces.json of an earlier run: measure the curves again and re-price its runs "
+                    "(no generation)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.per_task, args.edits, args.repeats = 1, min(args.edits, 1), 1
@@ -148,20 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         contexts = sorted({int(c) for c in args.contexts.split(",")})
     except ValueError:
         ap.error(f"--contexts takes comma-separated integers, got {args.contexts!r}")
-    prompts = [(p, CHAT_CONFIGS) for p in load_prompts(tasks=CHAT_TASKS, per_task=args.per_task)]
-    if args.edits:
-        edits = [TINY_EDIT] if args.tiny else load_prompts(workload="edits")[: args.edits]
-        prompts += [(p, EDIT_CONFIGS) for p in edits]
     target, draft = load_pair(args)
-    plain_gen, gen = SpeculativeGenerator(target), SpeculativeGenerator(target, draft)
-    gen.generate("def warm_up():", max_new_tokens=8, gamma=2)  # first calls pay one-off setup costs
-    traces: list[Trace] = []
-    for prompt, configs in tqdm(prompts, desc="prompts", unit="prompt", file=sys.stdout):
-        traces.append(run_one(plain_gen, prompt, None, 1, False, args.max_new_tokens, "plain"))
-        for config, (source, gamma, prediction) in configs.items():
-            drafter = NgramDrafter() if source == "ngram" else None
-            traces.append(run_one(gen, prompt, drafter, gamma, prediction, args.max_new_tokens, config))
+    if args.traces is not None:  # re-price recorded runs under curves measured now
+        traces, _ = load_traces(args.traces)
+    else:
+        traces = run_prompts(args, target, draft)
     k_max = max([s.fed for t in traces for s in t.steps] + [9])
+    contexts = covering(contexts, max((s.context + s.fed for t in traces for s in t.steps), default=0))
     curves = measure_curves(target, draft, contexts, k_max, args.repeats)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "target": "tiny" if args.tiny else args.target,
             "draft": "tiny" if args.tiny else args.draft, "backend": getattr(target, "backend", "?"),

@@ -45,6 +45,25 @@ def test_ngram_matches_generated_text_incrementally():
     assert ng.lookup(seq, 3) == [22, 20, 21] and ng._indexed == indexed + 1  # one new position indexed
 
 
+def test_ngram_copies_from_the_occurrence_with_the_longest_match():
+    # a "file" whose lines share short n-grams; the answer copies it: after the copy has passed a shared
+    # n-gram once, the latest occurrence of a short suffix points into the copy's own earlier text
+    line_a, line_b = [7, 1, 2, 3, 4, 5, 6, 8, 9, 10], [11, 1, 2, 3, 4, 5, 6, 12, 13, 14]
+    file = line_a + line_b
+    prompt = [100, *file, 101]
+    answer = [*line_a, 11, 1, 2, 3, 4, 5, 6]  # copying line_b now: the next token is 12
+    seq = prompt + answer
+    ng = NgramDrafter(max_n=3, anchor_n=4)
+    ng.begin(seq)
+    assert ng.lookup(seq, 3) == [12, 13, 14]  # from line_b in the prompt (the match runs 7 tokens back)
+    assert ng.source(seq) == "ngram-long"
+    short = NgramDrafter(max_n=3, anchor_n=64, extent_max=64)  # no anchors: the latest 3-gram wins
+    short.begin(seq)
+    assert short.lookup(seq, 3) == [8, 9, 10] and short.source(seq) == "ngram"
+    with pytest.raises(ValueError, match="anchor_n"):
+        NgramDrafter(anchor_n=8, extent_max=4)
+
+
 def test_ngram_min_n_and_no_match():
     ng = NgramDrafter(max_n=3, min_n=2)
     seq = [1, 2, 3, 4, 3]

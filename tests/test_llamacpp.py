@@ -302,3 +302,17 @@ def test_a_cached_cost_curve_far_from_this_machine_is_measured_again(target, tmp
     again = calibrate(target, NgramDrafter(), 4)
     assert again.t(1) < 50 * fresh.t(1)  # measured anew, not the stale 500x
     assert json.loads(path.read_text())[key]["target_s"]["1"] < 50 * fresh.t(1)  # and saved
+
+
+def test_attention_kernel_choice(files, target):
+    """Matrix-product attention by default (faster block verification over long caches on a CPU), flash
+    attention on request: the same logits up to rounding, and the calibration key tells them apart."""
+    ids = torch.tensor([list(range(300, 340))])
+    target.reset()
+    default = target.forward(ids).clone()
+    target.reset()
+    flash = LlamaCppModel(files["target"], flash_attn=True)
+    assert not target.flash_attn and flash.flash_attn
+    assert "flash attention" in flash.dtype and "flash attention" not in target.dtype
+    assert torch.allclose(flash.forward(ids), default, atol=1e-2)
+    flash.close()

@@ -162,6 +162,15 @@ def test_predict_check_and_predict_gpu_run_end_to_end_on_tiny_models(tmp_path):
     traces, _ = load_traces(tmp_path / "pc" / "traces.json")
     assert {t.config for t in traces} >= {"plain", "model gamma=4"}
     assert "| model gamma=4 |" in (tmp_path / "pc" / "report.md").read_text()
+    # recorded runs re-priced under curves measured again, covering the runs' longest context
+    assert predict_check.main(["--tiny", "--traces", str(tmp_path / "pc" / "traces.json"), "--out",
+                               str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert set(again["configs"]) == set(report["configs"])
+    for config, row in again["configs"].items():  # the same runs measured: only the prediction moves
+        assert row["measured"] == pytest.approx(report["configs"][config]["measured"])
+    assert predict_check.covering([128, 1024, 2048], 3640) == [128, 1024, 2048, 4096]
+    assert predict_check.covering([128, 1024], 900) == [128, 1024]
     # the CPU curves in the GPU benchmark's format predict for "target" drafted by "draft"
     out = tmp_path / "pred"
     assert predict_gpu.main(["--traces", str(tmp_path / "pc" / "traces.json"), "--curves",

@@ -148,42 +148,95 @@ class ModelDrafter:
 
 
 class NgramDrafter:
-    """Prompt lookup with an incremental index: each new token adds max_n entries, so a proposal costs
-    O(max_n) whatever the length of the text."""
+    """Prompt lookup with an incremental index: each new token adds max_n + 1 entries, so a proposal costs
+    O(max_n) whatever the length of the text.
 
-    def __init__(self, max_n: int = 3, min_n: int = 1) -> None:
+    Where the text repeats a long span (a file copied into the answer, a quoted passage), the latest
+    occurrence of a short suffix is often the wrong place to copy from: in code, "    return" or
+    "self." recur everywhere. So every occurrence of each `anchor_n`-gram is kept, and when the suffix
+    matches one, the occurrence whose match runs furthest back (up to `extent_max` tokens; the latest
+    among equals) is the one copied; shorter suffixes fall back to their latest occurrence.
+    """
+
+    def __init__(self, max_n: int = 3, min_n: int = 1, anchor_n: int = 8, extent_max: int = 64) -> None:
         if not 1 <= min_n <= max_n:
             raise ValueError(f"n-gram sizes need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
-        self.max_n, self.min_n = max_n, min_n
+        if anchor_n < 1 or extent_max < anchor_n:
+            raise ValueError(f"n-gram anchors need 1 <= anchor_n <= extent_max, got anchor_n={anchor_n}, "
+                             f"extent_max={extent_max}")
+        self.max_n, self.min_n, self.anchor_n, self.extent_max = max_n, min_n, anchor_n, extent_max
         self.name = "ngram"
         self.ctx: DraftContext | None = None
         self._index: list[dict[tuple[int, ...], int]] = []
+        self._anchors: dict[tuple[int, ...], list[int]] = {}
         self._seq: list[int] = []
         self._indexed = 0
+        self._last: tuple[Any, tuple[int, int, int]] | None = None
 
     def begin(self, sequence: list[int], ctx: DraftContext | None = None) -> None:
         self.ctx = ctx
         self._index = [{} for _ in range(self.max_n + 1)]
-        self._seq, self._indexed = [], 0
+        self._anchors = {}
+        self._seq, self._indexed, self._last = [], 0, None
         self._extend(sequence)
 
     def _extend(self, sequence: list[int]) -> None:
-        """Index every n-gram that has a token after it (latest occurrence wins)."""
+        """Index every n-gram that has a token after it (latest occurrence wins; every occurrence for the
+        anchor n-grams)."""
         seq = self._seq
         seq.extend(sequence[len(seq) :])
+        a = self.anchor_n
         for end in range(max(self._indexed, 1), len(seq)):  # the n-gram ending at `end` precedes seq[end]
             for n in range(1, min(self.max_n, end) + 1):
                 self._index[n][tuple(seq[end - n : end])] = end
+            if end >= a:
+                self._anchors.setdefault(tuple(seq[end - a : end]), []).append(end)
         self._indexed = max(self._indexed, len(seq))
+
+    def _longest(self, sequence: list[int]) -> tuple[int, int]:
+        """(extent, position) of the anchor occurrence whose match with the end of `sequence` runs furthest
+        back; (0, -1) when the last anchor_n tokens never occurred before."""
+        a = self.anchor_n
+        if len(sequence) <= a:
+            return 0, -1
+        ends = self._anchors.get(tuple(sequence[-a:]))
+        if not ends:
+            return 0, -1
+        seq, best, best_pos = self._seq, 0, -1
+        for end in reversed(ends):  # latest first: it wins ties
+            if end >= len(sequence):
+                continue
+            k = a
+            while k < self.extent_max and end - k - 1 >= 0 and seq[end - k - 1] == sequence[-k - 1]:
+                k += 1
+            if k > best:
+                best, best_pos = k, end
+                if k >= self.extent_max:
+                    break
+        return best, best_pos
+
+    def _match(self, sequence: list[int]) -> tuple[int, int, int]:
+        """(n, position, extent): the suffix's n-gram length, where to copy from, and how far back the
+        chosen occurrence matches."""
+        key = (len(sequence), tuple(sequence[-self.anchor_n :]))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._extend(sequence)
+        extent, pos = self._longest(sequence)
+        found = (min(self.max_n, extent), pos, extent) if extent else (0, -1, 0)
+        if not extent:
+            for n in range(min(self.max_n, len(sequence)), self.min_n - 1, -1):
+                at = self._index[n].get(tuple(sequence[-n:]))
+                if at is not None:
+                    found = (n, at, n)
+                    break
+        self._last = (key, found)
+        return found
 
     def match(self, sequence: list[int]) -> tuple[int, int]:
         """(n, position) of the longest indexed suffix match of length >= min_n; (0, -1) when none."""
-        self._extend(sequence)
-        for n in range(min(self.max_n, len(sequence)), self.min_n - 1, -1):
-            pos = self._index[n].get(tuple(sequence[-n:]))
-            if pos is not None:
-                return n, pos
-        return 0, -1
+        n, pos, _ = self._match(sequence)
+        return n, pos
 
     def lookup(self, sequence: list[int], gamma: int) -> list[int]:
         """The proposed continuation as token ids (empty when nothing matches)."""
@@ -198,9 +251,12 @@ class NgramDrafter:
         self._extend(sequence)  # only accepted text is ever indexed
 
     def source(self, sequence: list[int]) -> str:
-        """"ngram" for a match of two tokens or more, "ngram-1" for a single-token match (auto-gamma
-        tracks them apart, as one-token matches are right far less often), "none" without a match."""
-        n, _ = self.match(sequence)
+        """"ngram-long" for a match of anchor_n tokens or more (a copied span: right far more often),
+        "ngram" for two tokens or more, "ngram-1" for a single-token match (auto-gamma tracks them apart),
+        "none" without a match."""
+        n, _, extent = self._match(sequence)
+        if extent >= self.anchor_n:
+            return "ngram-long"
         return "ngram" if n >= 2 else "ngram-1" if n == 1 else "none"
 
 
@@ -216,12 +272,13 @@ class NgramThenModel:
         self.model.begin(sequence, ctx)
 
     def source(self, sequence: list[int]) -> str:
-        """"ngram" when the next proposal is a lookup, else "model" (auto-gamma tracks them apart)."""
+        """The n-gram's source ("ngram", "ngram-long") when the next proposal is a lookup, else "model"
+        (auto-gamma tracks them apart)."""
         n, _ = self.ngram.match(sequence)
-        return "ngram" if n >= self.min_match else "model"
+        return self.ngram.source(sequence) if n >= self.min_match else "model"
 
     def propose(self, sequence: list[int], gamma: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.source(sequence) == "ngram":
+        if self.source(sequence) != "model":
             return self.ngram.propose(sequence, gamma)
         return self.model.propose(sequence, gamma)
 
@@ -313,7 +370,7 @@ def fork_drafter(drafter: Any, model_for: Callable[[Any], Any]) -> Drafter | Non
     if isinstance(drafter, ModelDrafter):
         return ModelDrafter(model_for(drafter.model), drafter.threshold)
     if isinstance(drafter, NgramDrafter):
-        return NgramDrafter(drafter.max_n, drafter.min_n)
+        return NgramDrafter(drafter.max_n, drafter.min_n, drafter.anchor_n, drafter.extent_max)
     if isinstance(drafter, NgramThenModel):
         ngram, model = fork_drafter(drafter.ngram, model_for), fork_drafter(drafter.model, model_for)
         return NgramThenModel(ngram, model, drafter.min_match)  # type: ignore[arg-type]

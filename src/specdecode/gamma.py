@@ -170,6 +170,7 @@ class AutoGamma:
     max_probe_every: int = 256
     min_gain: float = 0.1
     alpha_ceiling: float = 0.95  # about the best a separate draft model reaches (bf16 twins: ~0.97)
+    catchup_horizon: int = 256  # tokens over which a draft model's catch-up must pay for itself
     histogram: Counter = field(default_factory=Counter)
     alphas: dict[str, float] = field(default_factory=dict)
     _idle: Counter = field(default_factory=Counter)  # plain steps since the last probe, per source
@@ -218,8 +219,11 @@ class AutoGamma:
         least (a wasted row delays every sequence of the call). `lag`: tokens a model draft must read
         before it can draft (after lookups or plain steps carried the text). No probe is made while
         reading them costs more than a plain step: a probe is meant to be cheap, and one after a long
-        lookup stretch would pay for the whole catch-up to learn one token's worth. A choice made from
-        the source's measured alpha still drafts (the catch-up then buys every following model step)."""
+        lookup stretch would pay for the whole catch-up to learn one token's worth. A block chosen from
+        the source's alpha drafts only when the catch-up is repaid by what drafting saves over the next
+        `catchup_horizon` tokens (or the budget, if less): the catch-up buys every following model step,
+        but reading a long prompt's worth of skipped text (seconds on a CPU) for a draft that saves a few
+        per cent is a loss."""
         if source == "none":  # the drafter has nothing to propose: a plain step
             return 0
         shared = load is not None and load.rows > 0
@@ -234,6 +238,11 @@ class AutoGamma:
                 if value >= (1 + self.min_gain) * cost and value - cost > margin:
                     best, margin = k, value - cost
         g = min(best, max(budget - 1, 0))
+        if g > 0 and catchup > 0 and not shared:
+            alpha, d = self.alpha_of(source), self.draft_s(source)
+            saving = 1 / rate(alpha, 0, self.costs, d) - 1 / rate(alpha, g, self.costs, d)  # s per token
+            if saving * min(budget, self.catchup_horizon) < catchup:
+                g = 0
         # no probes in a step shared with other sequences: a probe delays all of them for one sequence's
         # possible gain (measured: probes and optimistic blocks cost 8 plain chat requests 10-20% of
         # their throughput)

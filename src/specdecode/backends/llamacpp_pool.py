@@ -13,7 +13,7 @@ import torch
 
 from ..cache import PrefixCache
 from . import llamacpp_invariant as invariant
-from .llamacpp import LlamaCppModel, TokenBatch, _log_once, _recent_log, check_token_ids
+from .llamacpp import LlamaCppModel, TokenBatch, _log_once, _recent_log, attention_params, check_token_ids
 from .llamacpp_cache import LlamaKVStore
 
 SEQ_CTX_STEP = 256  # llama.cpp pads a sequence's context to a multiple of this
@@ -79,6 +79,7 @@ class SequencePool:
         params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = model.n_threads
         params.no_perf = True
+        attention_params(params, model.flash_attn)
         if model.deterministic:
             invariant.context_params(params)
         self._ctx = lib.llama_init_from_model(model._model, params)
