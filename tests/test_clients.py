@@ -245,7 +245,10 @@ def test_null_means_not_set(server):
             "user": None, "prediction": None, "speculative": None, "response_format": None}
     r = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"].startswith("Hello! ")
+    choice = r.json()["choices"][0]
+    # temperature null is the default, 1.0, and seed null no seed: the scripted reply is only likely (each
+    # character leaves the script with probability ~0.4%), so the text itself is not asserted
+    assert choice["message"]["content"] and choice["finish_reason"] in ("stop", "length")
 
 
 def test_models_tokenize_and_detokenize(server, model):

@@ -316,3 +316,8 @@ def test_attention_kernel_choice(files, target):
     assert "flash attention" in flash.dtype and "flash attention" not in target.dtype
     assert torch.allclose(flash.forward(ids), default, atol=1e-2)
     flash.close()
+    loaded = sd.load_model(str(files["target"]), flash_attn=True)
+    assert loaded.flash_attn
+    loaded.close()
+    with pytest.raises(ValueError, match="flash_attn chooses llama.cpp's attention kernel"):
+        sd.load_model("some-org/some-model", backend="transformers", flash_attn=True)

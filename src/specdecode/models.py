@@ -163,6 +163,7 @@ def load_model(
     backend: str = "auto",
     n_threads: int | None = None,
     deterministic: bool = False,
+    flash_attn: bool = False,
 ) -> Any:
     """Load a model with its tokenizer as a `CausalLM`: a built-in name (see
     `specdecode.registry.BUILTINS`), a transformers id or local directory, or a .gguf file.
@@ -174,6 +175,8 @@ def load_model(
     quiet silences every progress bar (assembly, dequantisation, transformers' weight loading).
     deterministic (llama.cpp only): batch-invariant kernels, so a token's logits do not depend on what else
     shares its call and greedy texts are identical alone, batched, drafted or plain (slower).
+    flash_attn (llama.cpp only): flash attention rather than matrix-product attention (the default: on a
+    CPU it verifies draft blocks over long caches up to 1.7x faster).
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError("load_model needs a model name, a local directory or a .gguf path")
@@ -184,7 +187,11 @@ def load_model(
                 f"dtype {dtype!r} applies to the transformers backend; llama.cpp computes in the GGUF's own "
                 "quantisation: drop the dtype, or use backend='transformers' (--backend transformers)"
             )
-        return _load_llama_cpp(name_or_path, quiet, n_threads, deterministic)
+        return _load_llama_cpp(name_or_path, quiet, n_threads, deterministic, flash_attn)
+    if flash_attn:
+        raise ValueError(
+            f"flash_attn chooses llama.cpp's attention kernel, and {name_or_path} would run on transformers "
+            "(which picks its own attention): drop flash_attn (--flash-attn), or use the llama.cpp backend")
     if deterministic:
         raise ValueError(
             f"deterministic mode uses llama.cpp's batch-invariant kernels, and {name_or_path} would run on "
@@ -196,7 +203,7 @@ def load_model(
 
 
 def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None,
-                    deterministic: bool = False) -> Any:
+                    deterministic: bool = False, flash_attn: bool = False) -> Any:
     from .backends.llamacpp import LlamaCppModel
     from .registry import BUILTINS, gguf_file
 
@@ -209,7 +216,7 @@ def _load_llama_cpp(name_or_path: str, quiet: bool, n_threads: int | None,
                 f"{spec.name} on llama.cpp reads its GGUF file, assembled from the chunk packages, which are "
                 f"not installed: {spec.pip_command}"
             )
-    return LlamaCppModel(path, n_threads=n_threads, deterministic=deterministic)
+    return LlamaCppModel(path, n_threads=n_threads, deterministic=deterministic, flash_attn=flash_attn)
 
 
 def _load_transformers(

@@ -69,7 +69,8 @@ def _load(args: argparse.Namespace, name: str, role: str) -> Any:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     model = load_model(name, dtype=args.dtype, device=args.device, quiet=args.quiet, backend=args.backend,
                        n_threads=args.threads,
-                       deterministic=role == "target" and getattr(args, "deterministic", False))
+                       deterministic=role == "target" and getattr(args, "deterministic", False),
+                       flash_attn=getattr(args, "flash_attn", False))
     elapsed = time.perf_counter() - start
     _status(args, f"loaded {role} {name} on {model.backend} ({str(model.dtype).removeprefix('torch.')}, "
             f"{model.device}) in {elapsed:.1f}s")

@@ -231,6 +231,10 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="llama.cpp only: batch-invariant kernels, so greedy texts are identical alone, "
                    "batched, drafted or plain (slower: see BENCHMARKS.md)")
+    p.add_argument("--flash-attn", action="store_true",
+                   help="llama.cpp only: flash attention instead of matrix-product attention (on a CPU, "
+                   "slower to verify draft blocks over long caches, a little faster on short ones and in "
+                   "long prompts: see BENCHMARKS.md)")
 
 
 def _gamma(text: str) -> int | str:
