@@ -60,6 +60,11 @@ def heldout_tasks() -> dict[str, tuple[str, str, str]]:
     return {f: (t["old"], t["new"], t.get("kind", "function")) for f, t in tasks.items()}
 
 
+def all_tasks() -> dict[str, tuple[str, str, str]]:
+    """Both sets' tasks: TASKS and the held-out set's."""
+    return {**heldout_tasks(), **TASKS}
+
+
 def task_file(file: str) -> Path:
     """Where `file` of either set lives."""
     return FILES / file if file in TASKS else HELDOUT / file
@@ -135,7 +140,7 @@ class LlamaServer:
 
 def edit(aider: str, url: str, fmt: str, file: str, timeout_s: float) -> dict[str, Any]:
     """One aider run on a fresh copy of `file`; what it took and what it left."""
-    old, new, kind = {**heldout_tasks(), **TASKS}[file]
+    old, new, kind = all_tasks()[file]
     work = Path(tempfile.mkdtemp(prefix="aider-"))
     shutil.copy(task_file(file), work / file)
     message = (f"Rename the {kind} `{old}` to `{new}` everywhere in this file, including its uses. "
@@ -228,7 +233,7 @@ def main() -> int:
     p.add_argument("--lock", default=None, help="a file to flock exclusively around each timed edit and "
                    "each server start (a machine shared with others), e.g. /tmp/cpu.lock")
     args = p.parse_args()
-    known = {**heldout_tasks(), **TASKS}
+    known = all_tasks()
     args.files = args.files or list(heldout_tasks() if args.heldout else TASKS)
     unknown = [f for f in args.files if f not in known]
     if unknown or not args.files:
