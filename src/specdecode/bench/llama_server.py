@@ -45,13 +45,13 @@ def _free_port() -> int:
 
 class LlamaServerRunner:
     """One llama-server process in one mode, on a free localhost port; `close()` stops it. `parallel`: its
-    slots (-np), each with `n_ctx` positions."""
+    slots (-np), each with `n_ctx` positions; `extra`: more llama-server arguments."""
 
     family = "llama-server"
 
     def __init__(self, binary: Path, gguf: str, mode: str = "plain", draft_gguf: str | None = None,
                  threads: int | None = None, n_ctx: int = 8192, startup_s: float = 180.0,
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, extra: list[str] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown llama-server mode {mode!r}: choose from {', '.join(MODES)}")
         args = list(MODES[mode])
@@ -67,7 +67,7 @@ class LlamaServerRunner:
         self.name = f"llama-server/{mode}"
         env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         cmd = [str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads),
-               "-tb", str(threads), "-c", str(n_ctx * parallel), "-np", str(parallel), *args]
+               "-tb", str(threads), "-c", str(n_ctx * parallel), "-np", str(parallel), *args, *(extra or [])]
         # its log goes to a file: a pipe nobody reads fills up (or, closed, kills it with SIGPIPE mid-request)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the runner)
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
