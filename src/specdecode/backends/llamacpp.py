@@ -20,6 +20,7 @@ from ..machine import available_cores
 from . import llamacpp_invariant as invariant
 from .gguf_tokenizer import GGUFTokenizer
 from .llamacpp_cache import restore_sequence, reuse_refusal, save_sequence
+from .llamacpp_invariant import FLASH_ATTN_DISABLED, FLASH_ATTN_ENABLED
 
 INSTALL_HINT = (
     "pip install 'specdecode[llamacpp]' (compiles llama.cpp from source, a few minutes), "
@@ -153,9 +154,6 @@ class _Weights:
                 self.ptr = None
         except Exception:  # interpreter shutdown: llama.cpp may already be gone
             pass
-
-
-FLASH_ATTN_DISABLED, FLASH_ATTN_ENABLED = 0, 1
 
 
 def attention_params(params: Any, flash_attn: bool) -> None:

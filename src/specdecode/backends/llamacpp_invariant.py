@@ -19,7 +19,7 @@ import numpy as np
 
 TILED_ENV = "GGML_CPU_TILED_MM"  # read once per process, at llama.cpp's first K-quant matrix product
 GGML_TYPE_Q8_0 = 8
-FLASH_ATTN_ENABLED = 1
+FLASH_ATTN_DISABLED, FLASH_ATTN_ENABLED = 0, 1  # llama.cpp's llama_flash_attn_type (also used by llamacpp.py)
 CHECK_TOKENS = 12  # the self-check's block: above the tiled kernel's 8-row threshold
 
 
