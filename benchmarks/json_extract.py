@@ -252,7 +252,6 @@ def summarise(results: list[dict[str, Any]], tasks: list[dict[str, Any]],
             "decode_ratio_speculative_over_peer": m["speculative"]["median_decode_tokens_per_s"]
             / max(out["modes"][peer]["median_decode_tokens_per_s"], 1e-9)}
     return out
-    return out
 
 
 def report(meta: dict[str, Any], s: dict[str, Any]) -> str:
